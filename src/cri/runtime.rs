@@ -1,0 +1,112 @@
+//! RuntimeService: version, status and runtime configuration. RPCs not built yet answer
+//! `Unimplemented` through the generated default methods.
+
+use tonic::{Request, Response, Status};
+
+use super::Cri;
+use crate::config::CgroupDriver;
+use crate::proto::runtime::v1 as cri;
+use crate::proto::runtime::v1::runtime_service_server::RuntimeService;
+
+pub const RUNTIME_NAME: &str = "berth";
+pub const CRI_VERSION: &str = "v1";
+
+#[tonic::async_trait]
+impl RuntimeService for Cri {
+    async fn version(
+        &self,
+        _req: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: RUNTIME_NAME.into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: CRI_VERSION.into(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        req: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
+        let conditions = vec![
+            cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: false,
+                reason: "NetworkPluginNotReady".into(),
+                message: "berth: pod networking is not implemented yet".into(),
+            },
+        ];
+        let mut info = std::collections::HashMap::new();
+        if req.get_ref().verbose {
+            info.insert("config".to_string(), self.redacted_config());
+        }
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions }),
+            info,
+            runtime_handlers: vec![cri::RuntimeHandler {
+                name: String::new(),
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            }],
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
+        }))
+    }
+
+    async fn runtime_config(
+        &self,
+        _req: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        let driver = match self.config.cgroup_driver {
+            CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+            CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+        };
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: driver as i32,
+            }),
+        }))
+    }
+}
+
+impl Cri {
+    /// The effective configuration as JSON for `crictl info`, without credentials.
+    fn redacted_config(&self) -> String {
+        let c = &self.config;
+        let registries: serde_json::Map<String, serde_json::Value> = c
+            .registry
+            .hosts
+            .iter()
+            .map(|(host, h)| {
+                (
+                    host.clone(),
+                    serde_json::json!({
+                        "mirrors": h.mirrors,
+                        "plainHttp": h.plain_http,
+                        "insecureSkipVerify": h.insecure_skip_verify,
+                        "auth": h.username.is_some(),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "root": c.root,
+            "stateDir": c.state_dir,
+            "socket": c.socket,
+            "cgroupDriver": format!("{:?}", c.cgroup_driver).to_lowercase(),
+            "cni": { "confDir": c.cni.conf_dir, "binDirs": c.cni.bin_dirs },
+            "registry": { "hosts": registries },
+        })
+        .to_string()
+    }
+}

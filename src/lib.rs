@@ -1,0 +1,11 @@
+//! berth: a Kubernetes CRI container runtime.
+//!
+//! `cri/` is the thin gRPC layer; everything below it (`image/`, `store/`, …) knows nothing
+//! of protobuf or gRPC. See DESIGN.md for the module map.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod cri;
+pub mod image;
+pub mod proto;
+pub mod store;

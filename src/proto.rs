@@ -1,0 +1,19 @@
+//! Generated protobuf and gRPC code.
+
+/// The Kubernetes CRI, pinned from cri-api v0.34 (`proto/api.proto`).
+pub mod runtime {
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        tonic::include_proto!("runtime.v1");
+
+        /// Credentials never reach a log line.
+        impl std::fmt::Debug for AuthConfig {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("AuthConfig")
+                    .field("username", &self.username)
+                    .field("server_address", &self.server_address)
+                    .finish_non_exhaustive()
+            }
+        }
+    }
+}
