@@ -81,6 +81,11 @@ async fn handle(
         image = tracing::field::Empty,
     );
     let start = Instant::now();
+    let mut pending = Pending {
+        span: span.clone(),
+        start,
+        done: false,
+    };
     let call = routes.oneshot(req).instrument(span.clone());
     let resp = match deadline {
         Some(d) => match tokio::time::timeout(d, call).await {
@@ -93,6 +98,7 @@ async fn handle(
         None => call.await,
     };
     let resp = resp.unwrap_or_else(|never| match never {});
+    pending.done = true;
     let elapsed = start.elapsed();
     let code = resp
         .headers()
@@ -120,6 +126,24 @@ async fn handle(
         tracing::info!(ms, "rpc");
     }
     Ok(resp)
+}
+
+/// Logs an RPC whose client went away (cancelled, or its own deadline passed) before
+/// berthd answered: hyper then drops the handler, and nothing else would say so.
+struct Pending {
+    span: tracing::Span,
+    start: Instant,
+    done: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            let _e = self.span.enter();
+            let ms = self.start.elapsed().as_secs_f64() * 1e3;
+            tracing::info!(ms, "rpc cancelled by the client");
+        }
+    }
 }
 
 /// Reads that kubelet repeats every few seconds: logged at debug level only.

@@ -77,6 +77,19 @@ impl LayerDirs {
         Ok(TmpDir { path: Some(path) })
     }
 
+    /// Moves a layer directory out of the way; the returned `TmpDir` deletes it on drop.
+    pub fn discard(&self, chain_id: &str) -> std::io::Result<Option<TmpDir>> {
+        let dir = self.dir(chain_id);
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let tmp = self.tmp_dir(chain_id)?;
+        let path = tmp.path().to_path_buf();
+        std::fs::remove_dir(&path)?;
+        std::fs::rename(&dir, &path)?;
+        Ok(Some(tmp))
+    }
+
     pub fn remove(&self, chain_id: &str) -> std::io::Result<()> {
         match std::fs::remove_dir_all(self.dir(chain_id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

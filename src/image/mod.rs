@@ -129,23 +129,41 @@ pub struct ImageService {
     inner: Arc<Inner>,
 }
 
-/// Marks chain IDs as in use by a pull until dropped.
+/// Marks chain IDs as in use by a pull until dropped. A pull that ends without committing
+/// (an error, or aborted by its caller's deadline) takes away the layers it unpacked that
+/// no image and no other pull uses: nothing half-stored stays behind.
 struct ActiveGuard<'a> {
     inner: &'a Inner,
     ids: Vec<String>,
+    committed: bool,
 }
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        let mut a = self.inner.active.lock().unwrap_or_else(|e| e.into_inner());
-        for id in &self.ids {
-            if let Some(n) = a.get_mut(id) {
+        let mut trash = Vec::new();
+        {
+            let mut a = self.inner.active.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &self.ids {
+                let Some(n) = a.get_mut(id) else { continue };
                 *n -= 1;
-                if *n == 0 {
-                    a.remove(id);
+                if *n > 0 {
+                    continue;
+                }
+                a.remove(id);
+                if self.committed || !matches!(self.inner.db.layer(id), Ok(None)) {
+                    continue;
+                }
+                // Renamed away under the lock, so that a pull starting now cannot find
+                // the directory half-deleted.
+                match self.inner.layers.discard(id) {
+                    Ok(Some(t)) => trash.push(t),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(layer = %id, error = %e, "cannot discard layer"),
                 }
             }
         }
+        // Deleted before the failed pull answers, so its caller sees a clean store.
+        drop(trash);
     }
 }
 
@@ -158,6 +176,7 @@ impl Inner {
         ActiveGuard {
             inner: self,
             ids: ids.to_vec(),
+            committed: false,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::future::try_join_all;
+use futures_util::future::join_all;
 use oci_client::manifest::OciDescriptor;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -105,7 +105,7 @@ async fn pull_image(
         });
     }
     let chains = chain_ids(&diff_ids);
-    let _active = inner.activate(&chains);
+    let mut active = inner.activate(&chains);
 
     let mut layers = Vec::with_capacity(chains.len());
     for batch in manifest
@@ -119,10 +119,14 @@ async fn pull_image(
         let jobs = batch
             .iter()
             .map(|((desc, diff_id), chain)| layer(&inner, &session, &name, desc, diff_id, chain));
-        layers.extend(try_join_all(jobs).await?);
+        // Every layer settles (and cleans up after itself) before an error is reported.
+        for r in join_all(jobs).await {
+            layers.push(r?);
+        }
     }
 
-    let size = manifest.config.size.max(0) as u64
+    let size = resolved.manifests_size
+        + manifest.config.size.max(0) as u64
         + manifest
             .layers
             .iter()
@@ -141,10 +145,12 @@ async fn pull_image(
         record.repo_tags.push(image.to_string());
     }
     let db = inner.db.clone();
-    tokio::task::spawn_blocking(move || db.commit_image(record, &layers))
+    let committed = tokio::task::spawn_blocking(move || db.commit_image(record, &layers))
         .await
         .map_err(|e| Error::internal(&name, e))?
-        .map_err(|e| Error::internal(&name, e))
+        .map_err(|e| Error::internal(&name, e))?;
+    active.committed = true;
+    Ok(committed)
 }
 
 /// One layer, unpacked once however many pulls want it at the same time.

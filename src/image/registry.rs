@@ -170,6 +170,9 @@ impl Credentials {
 pub struct Registries {
     config: RegistryConfig,
     plain_hosts: Vec<String>,
+    /// Clients for requests without the caller's own credentials, one per endpoint host,
+    /// kept for their connections and tokens (building one loads the TLS roots).
+    shared: std::sync::Mutex<std::collections::HashMap<String, Arc<Client>>>,
 }
 
 /// A resolved image: the endpoint that served it and its platform manifest.
@@ -179,6 +182,8 @@ pub struct Resolved {
     pub digest: String,
     pub manifest: Manifest,
     pub manifest_digest: String,
+    /// Bytes of the manifests read (index and platform manifest), part of the image size.
+    pub manifests_size: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +274,7 @@ impl Registries {
         Registries {
             config,
             plain_hosts,
+            shared: Default::default(),
         }
     }
 
@@ -294,17 +300,37 @@ impl Registries {
 
     /// Credentials for `host`: the request's for the image's own registry, the config's for
     /// a mirror (kubelet's credentials are for the registry it named, as in containerd).
-    fn credentials(&self, host: &str, registry: &str, request: &Credentials) -> RegistryAuth {
+    /// The second value says whether they are the request's own.
+    fn credentials(
+        &self,
+        host: &str,
+        registry: &str,
+        request: &Credentials,
+    ) -> (RegistryAuth, bool) {
         if host == registry && *request != Credentials::Anonymous {
-            return request.to_oci();
+            return (request.to_oci(), true);
         }
-        match self.config.host(host) {
+        let auth = match self.config.host(host) {
             Some(h) if h.username.is_some() => RegistryAuth::Basic(
                 h.username.clone().unwrap_or_default(),
                 h.password.clone().unwrap_or_default(),
             ),
             _ => RegistryAuth::Anonymous,
+        };
+        (auth, false)
+    }
+
+    /// A client for `endpoint`: the shared one unless the request brings credentials
+    /// (oci-client keeps one credential per registry for a client's life).
+    fn client_for(&self, endpoint: &Endpoint, own_credentials: bool) -> Arc<Client> {
+        if own_credentials {
+            return Arc::new(self.client(endpoint));
         }
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared
+            .entry(endpoint.host.clone())
+            .or_insert_with(|| Arc::new(self.client(endpoint)))
+            .clone()
     }
 
     /// Finds the image on the first endpoint that has it and picks the host's platform.
@@ -315,19 +341,21 @@ impl Registries {
     ) -> Result<Resolved, FetchError> {
         let mut first_err: Option<FetchError> = None;
         for endpoint in self.config.endpoints(&image.domain) {
+            let (auth, own) = self.credentials(&endpoint.host, &image.domain, creds);
             let session = Session {
-                client: Arc::new(self.client(&endpoint)),
-                auth: self.credentials(&endpoint.host, &image.domain, creds),
+                client: self.client_for(&endpoint, own),
+                auth,
                 repository: image.path.clone(),
                 endpoint,
             };
             match session.resolve(image.tag_or_digest()).await {
-                Ok((digest, manifest, manifest_digest)) => {
+                Ok((digest, manifest, manifest_digest, manifests_size)) => {
                     return Ok(Resolved {
                         session,
                         digest,
                         manifest,
                         manifest_digest,
+                        manifests_size,
                     });
                 }
                 Err(e) => {
@@ -427,14 +455,22 @@ impl Session {
         Ok((bytes, digest, media))
     }
 
-    async fn resolve(&self, tag_or_digest: &str) -> Result<(String, Manifest, String), FetchError> {
+    async fn resolve(
+        &self,
+        tag_or_digest: &str,
+    ) -> Result<(String, Manifest, String, u64), FetchError> {
         let (bytes, digest, media) = self.manifest(tag_or_digest).await?;
+        let mut size = bytes.len() as u64;
         let (bytes, manifest_digest, media) = match media.as_str() {
             MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST => {
                 let index: Index = serde_json::from_slice(&bytes)
                     .map_err(|e| FetchError::Invalid(format!("manifest list {digest}: {e}")))?;
-                let chosen = select_platform(&index)?;
+                let chosen = select_platform(&index).map_err(|detail| FetchError::NotFound {
+                    host: self.endpoint.host.clone(),
+                    detail,
+                })?;
                 let (b, d, m) = self.manifest(&chosen).await?;
+                size += b.len() as u64;
                 (b, d, m)
             }
             _ => (bytes, digest.clone(), media),
@@ -446,7 +482,7 @@ impl Session {
         }
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| FetchError::Invalid(format!("manifest {manifest_digest}: {e}")))?;
-        Ok((digest, manifest, manifest_digest))
+        Ok((digest, manifest, manifest_digest, size))
     }
 
     /// A small blob read whole and verified (the image config).
@@ -495,7 +531,7 @@ impl Session {
     }
 }
 
-fn select_platform(index: &Index) -> Result<String, FetchError> {
+fn select_platform(index: &Index) -> Result<String, String> {
     let (os, arch, variant) = host_platform();
     let mut seen = Vec::new();
     let mut fallback = None;
@@ -521,17 +557,14 @@ fn select_platform(index: &Index) -> Result<String, FetchError> {
             Some(v) => format!("{os}/{arch}/{v}"),
             None => format!("{os}/{arch}"),
         };
-        FetchError::NotFound {
-            host: String::new(),
-            detail: format!(
-                "no manifest for platform {want} (the image has: {})",
-                if seen.is_empty() {
-                    "none".to_string()
-                } else {
-                    seen.join(", ")
-                }
-            ),
-        }
+        format!(
+            "no manifest for platform {want} (the image has: {})",
+            if seen.is_empty() {
+                "none".to_string()
+            } else {
+                seen.join(", ")
+            }
+        )
     })
 }
 
@@ -566,9 +599,7 @@ mod tests {
     #[test]
     fn other_platform_only_is_not_found_and_lists_what_exists() {
         let i = index(&[("linux", "s390x", None), ("windows", "amd64", None)]);
-        let e = select_platform(&i).unwrap_err();
-        assert!(matches!(e, FetchError::NotFound { .. }));
-        let msg = e.to_string();
+        let msg = select_platform(&i).unwrap_err();
         assert!(
             msg.contains("linux/s390x") && msg.contains("windows/amd64"),
             "{msg}"
