@@ -1,4 +1,4 @@
-//! Compiles the pinned CRI proto with protox, so no protoc is needed.
+//! Compiles the pinned CRI proto and our shim protocol with protox, so no protoc is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(["proto/api.proto"], ["proto"])?;
     tonic_prost_build::configure()
@@ -9,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // AuthConfig carries credentials: its Debug is written by hand, redacted.
         .skip_debug(["runtime.v1.AuthConfig"])
         .compile_fds(fds)?;
+    // The shim protocol: plain prost messages, no gRPC service (see proto/shim.proto).
+    let shim = protox::compile(["proto/shim.proto"], ["proto"])?;
+    prost_build::Config::new().compile_fds(shim)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

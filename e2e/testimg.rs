@@ -15,7 +15,7 @@
 //!
 //! | reference | shape | what it is for |
 //! | --- | --- | --- |
-//! | `berth-test/busybox:latest` | Docker manifest **list**: host entry = an OCI manifest (see below), decoy entry = a Docker schema2 manifest | the main image: 4 layers — (1) gzip: busybox with hard links (`sh echo sleep cat`) and symlinks (`ls id true env` and many more applets), `/etc/passwd` (root, www-data 33, tester 1000, nobody 65534), `/etc/group`, `/tmp` 1777, `/root` 0700, `/var/spool/x/{a,b}`; (2) gzip: `/etc/layer2`, `/opt/data/file{1,2}`, a fifo `/opt/fifo`, setuid `/usr/local/bin/suid` (04755, uid 0), `/home/tester/own` owned 1000:1000; (3) **zstd**: whiteout `/opt/data/.wh.file1`, opaque `/var/spool/x/.wh..wh..opq` + `/var/spool/x/c`; (4) **uncompressed** tar: `/etc/layer4`. Expected rootfs: `/opt/data/file2` only, `/var/spool/x/c` only. Config: `Env=[PATH=…]`, `Cmd=["sh"]`, no `User`, `WorkingDir=/` |
+//! | `berth-test/busybox:latest` | Docker manifest **list**: host entry = an OCI manifest (see below), decoy entry = a Docker schema2 manifest | the main image: 4 layers — (1) gzip: busybox with hard links (`sh echo sleep cat`) and symlinks (`ls id true env` and many more applets), `/etc/passwd` (root, www-data 33, tester 1000, nobody 65534), `/etc/group` (tester also in staff 50 and users 100), `/tmp` 1777, `/root` 0700, `/var/spool/x/{a,b}`; (2) gzip: `/etc/layer2`, `/opt/data/file{1,2}`, a fifo `/opt/fifo`, setuid `/usr/local/bin/suid` (04755, uid 0), `/home/tester/own` owned 1000:1000; (3) **zstd**: whiteout `/opt/data/.wh.file1`, opaque `/var/spool/x/.wh..wh..opq` + `/var/spool/x/c`; (4) **uncompressed** tar: `/etc/layer4`. Expected rootfs: `/opt/data/file2` only, `/var/spool/x/c` only. Config: `Env=[PATH=…]`, `Cmd=["sh"]`, no `User`, `WorkingDir=/` |
 //! | `berth-test/busybox-oci:latest` | OCI index: host + decoy, OCI manifests | OCI index and OCI media types; layers (1)+(2) of busybox, gzip |
 //! | `berth-test/single:latest` | plain Docker schema2 manifest | no list; 1 gzip layer (= busybox layer 1); `User="1002"` → uid 1002 |
 //! | `berth-test/user-name:latest` | plain OCI manifest (no index) | `User="www-data:33"` → username `www-data`; 1 gzip layer (= busybox layer 1) |
@@ -47,7 +47,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -943,7 +943,6 @@ pub fn build_from(busybox: &[u8]) -> Vec<BuiltImage> {
 }
 
 static BUILT: OnceLock<Vec<BuiltImage>> = OnceLock::new();
-static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Every test image, built once per process (and cached on disk, see the module doc).
 /// Panics if the busybox binary is missing (`apt-get install busybox-static`).
@@ -951,7 +950,6 @@ pub fn build_all() -> Vec<BuiltImage> {
     if let Some(b) = BUILT.get() {
         return b.clone();
     }
-    let _g = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     BUILT
         .get_or_init(|| {
             let path = std::env::var("BERTH_TESTIMG_BUSYBOX").unwrap_or_else(|_| BUSYBOX_PATH.to_string());

@@ -36,6 +36,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Reported by the `RuntimeConfig` RPC; kubelet must use the same driver.
     pub cgroup_driver: CgroupDriver,
+    /// The per-pod shim binary; by default `berth-shim` next to berthd.
+    pub shim_path: Option<PathBuf>,
     pub cni: CniConfig,
     pub registry: RegistryConfig,
 }
@@ -49,6 +51,7 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             cgroup_driver: CgroupDriver::Cgroupfs,
+            shim_path: None,
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
         }

@@ -7,5 +7,8 @@
 pub mod config;
 pub mod cri;
 pub mod image;
+pub mod network;
 pub mod proto;
+pub mod sandbox;
+pub mod shim;
 pub mod store;

@@ -17,3 +17,9 @@ pub mod runtime {
         }
     }
 }
+
+/// berth's daemon <-> shim protocol (`proto/shim.proto`).
+pub mod shim {
+    #![allow(clippy::all, clippy::pedantic)]
+    include!(concat!(env!("OUT_DIR"), "/berth.shim.v1.rs"));
+}

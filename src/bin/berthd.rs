@@ -13,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use berth::config::{self, Config, LogFormat};
 use berth::cri::{self, Cri};
 use berth::image::ImageService;
+use berth::sandbox::SandboxService;
 use berth::store::Db;
 
 #[derive(Parser, Debug)]
@@ -176,6 +177,11 @@ async fn run(cfg: Config) -> Result<()> {
     let _lock = lock_root(&cfg.root)?;
     let db = Arc::new(Db::open(&cfg.db_path()).context("cannot open the metadata store")?);
     let images = ImageService::open(&cfg, db.clone()).map_err(anyhow::Error::msg)?;
+    let sandboxes = SandboxService::open(&cfg, db.clone()).map_err(anyhow::Error::msg)?;
+    sandboxes
+        .recover()
+        .await
+        .context("cannot recover pod sandboxes")?;
     let listener = bind_socket(&cfg.socket)?;
     let socket = cfg.socket.clone();
     tracing::info!(
@@ -187,6 +193,7 @@ async fn run(cfg: Config) -> Result<()> {
     let cri = Arc::new(Cri {
         config: Arc::new(cfg),
         images,
+        sandboxes,
     });
     cri::serve(listener, cri::routes(cri), shutdown_signal()).await;
     let _ = std::fs::remove_file(&socket);

@@ -4,6 +4,7 @@
 mod image;
 mod rpc;
 mod runtime;
+mod runtime_sandbox;
 
 use std::sync::Arc;
 
@@ -15,11 +16,13 @@ use crate::config::Config;
 use crate::image::{Error as ImageError, ImageService};
 use crate::proto::runtime::v1::image_service_server::ImageServiceServer;
 use crate::proto::runtime::v1::runtime_service_server::RuntimeServiceServer;
+use crate::sandbox::SandboxService;
 
 /// Everything the CRI services delegate to.
 pub struct Cri {
     pub config: Arc<Config>,
     pub images: ImageService,
+    pub sandboxes: SandboxService,
 }
 
 /// Message size limit as kubelet's client sets it (16 MiB), so large lists go through.

@@ -2,6 +2,7 @@
 //! content that the DB does not reference is garbage that start-up clean-up removes.
 
 pub mod images;
+pub mod pods;
 
 use std::path::Path;
 
@@ -63,6 +64,7 @@ impl Db {
     fn init(&self) -> Result<()> {
         let tx = self.db.begin_write()?;
         images::create_tables(&tx)?;
+        pods::create_tables(&tx)?;
         tx.commit()?;
         Ok(())
     }

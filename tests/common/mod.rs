@@ -252,3 +252,158 @@ pub fn spec(image: &str) -> Option<cri::ImageSpec> {
         ..Default::default()
     })
 }
+
+/// A CNI network of the tests' own: a conflist in a temp conf dir naming a unique bridge,
+/// subnet and IPAM data dir, with Debian's plugins. The bridge is deleted on drop.
+pub struct TestNetwork {
+    pub dir: TempDir,
+    pub bridge: String,
+    /// `10.X.Y.0/24`
+    pub subnet: String,
+    pub prefix: String,
+}
+
+impl TestNetwork {
+    pub fn new() -> TestNetwork {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let dir = TempDir::new("berth-net");
+        let bridge = format!("bt{}x{n}", pid % 100_000);
+        let x = 200 + (pid % 50);
+        let y = (pid / 50 % 200 + n * 7) % 250;
+        let prefix = format!("10.{x}.{y}.");
+        let subnet = format!("{prefix}0/24");
+        let net = TestNetwork {
+            dir,
+            bridge,
+            subnet,
+            prefix,
+        };
+        net.write_conflist("10-test.conflist", true);
+        net
+    }
+
+    pub fn conf_dir(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.dir.path().join("ipam")
+    }
+
+    pub fn write_conflist(&self, name: &str, portmap: bool) {
+        std::fs::create_dir_all(self.conf_dir()).unwrap();
+        let mut plugins = vec![serde_json::json!({
+            "type": "bridge",
+            "bridge": self.bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": self.subnet}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": self.ipam_dir(),
+            }
+        })];
+        if portmap {
+            plugins.push(
+                serde_json::json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+            );
+        }
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("berth-test-{}", self.bridge),
+            "plugins": plugins,
+        });
+        std::fs::write(self.conf_dir().join(name), conf.to_string()).unwrap();
+    }
+
+    /// The config section for berthd.
+    pub fn toml(&self) -> String {
+        format!(
+            "[cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
+            self.conf_dir()
+        )
+    }
+
+    /// IPs host-local has handed out and not released.
+    pub fn leases(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.ipam_dir())
+            .map(|rd| {
+                rd.flatten()
+                    .flat_map(|e| {
+                        std::fs::read_dir(e.path())
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                            .map(|f| f.file_name().to_string_lossy().into_owned())
+                    })
+                    .filter(|n| n.starts_with(&self.prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A pod config with the given name (unique uid per call).
+pub fn pod_config(name: &str) -> cri::PodSandboxConfig {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.to_string(),
+            uid: format!("uid-{}-{n}", std::process::id()),
+            namespace: "berth-test".into(),
+            attempt: 0,
+        }),
+        hostname: name.to_string(),
+        log_directory: String::new(),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// Lines of the mount table that mention `path`.
+pub fn mounts_under(path: &Path) -> Vec<String> {
+    let p = path.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&p))
+        .map(str::to_string)
+        .collect()
+}
+
+/// PIDs of running berth-shim processes of pods under `path`.
+pub fn shims_under(path: &Path) -> Vec<u32> {
+    let p = path.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("berth-shim") {
+            continue;
+        }
+        // The shim's stderr is its log file in the pod's state directory.
+        let log = std::fs::read_link(e.path().join("fd/2")).unwrap_or_default();
+        if log.starts_with(&p) {
+            out.push(pid);
+        }
+    }
+    out
+}

@@ -1,0 +1,789 @@
+//! The per-pod shim process.
+//!
+//! berthd runs `berth-shim` with a length-delimited [`SandboxConfig`] on stdin. The process
+//! forks; the child detaches (own session, subreaper, stdio to `<state_dir>/shim.log`),
+//! makes and pins the pod's namespaces, starts the pod init when the pod has its own PID
+//! namespace, listens on `<state_dir>/shim.sock` and writes `<state_dir>/shim.pid`, then
+//! reports ready through a pipe. The parent prints the child's pid and exits 0 (or prints
+//! the child's error and exits 1), so berthd knows the shim is serving once its own child
+//! has exited, and the shim is not berthd's child.
+//!
+//! The shim is one thread with no async runtime: a `poll` loop over the listener, its
+//! connections and a signalfd (SIGCHLD: reap everything, as the subreaper; SIGTERM/SIGINT:
+//! shut down). One Request then one Response per exchange, prost length-delimited.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+use prost::Message;
+
+use super::framing::{self, Frame};
+use super::init::{self, Init};
+use super::sysctl;
+use crate::network::netlink;
+use crate::proto::shim::{
+    NamespaceMode, PingResponse, Request, Response, SandboxConfig, ShutdownResponse, request,
+    response,
+};
+use crate::sandbox::namespaces::{self, Namespace};
+
+/// Shutdown timeout used on SIGTERM/SIGINT.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// After SIGKILL, how long to wait for the last processes before giving up on them.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 32;
+/// How often the loop wakes up with nothing to do, to check its state directory.
+const TICK: Duration = Duration::from_secs(30);
+
+/// Files of the pod's state directory that the shim owns.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("shim.sock")
+}
+pub fn pid_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("shim.pid")
+}
+pub fn log_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("shim.log")
+}
+
+/// One line to the shim's log (its stderr, `<state_dir>/shim.log` once detached).
+macro_rules! log {
+    ($($arg:tt)*) => {
+        $crate::shim::server::log_line(format_args!($($arg)*))
+    };
+}
+
+#[doc(hidden)]
+pub fn log_line(args: std::fmt::Arguments<'_>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z berth-shim[{}] {args}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        now.subsec_millis(),
+        std::process::id()
+    );
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// What the shim will do, checked before it forks.
+#[derive(Debug)]
+struct Plan {
+    state_dir: PathBuf,
+    /// The pod's own namespaces among net, ipc, uts.
+    own: Vec<Namespace>,
+    pid_ns: bool,
+    hostname: Option<String>,
+    loopback_up: bool,
+    /// (key as given, file under /proc/sys, value)
+    sysctls: Vec<(String, PathBuf, String)>,
+}
+
+fn plan(config: &SandboxConfig) -> Result<Plan, String> {
+    let state_dir = PathBuf::from(&config.state_dir);
+    if !state_dir.is_absolute() {
+        return Err(format!(
+            "state_dir {:?} is not an absolute path",
+            config.state_dir
+        ));
+    }
+    let pod = |m: i32| m == NamespaceMode::Pod as i32;
+    let mut own = Vec::new();
+    for (mode, ns) in [
+        (config.network, Namespace::Net),
+        (config.ipc, Namespace::Ipc),
+        (config.uts, Namespace::Uts),
+    ] {
+        NamespaceMode::try_from(mode)
+            .map_err(|_| format!("unknown namespace mode {mode} for {}", ns.name()))?;
+        if pod(mode) {
+            own.push(ns);
+        }
+    }
+    NamespaceMode::try_from(config.pid)
+        .map_err(|_| format!("unknown namespace mode {} for pid", config.pid))?;
+    let hostname = (own.contains(&Namespace::Uts) && !config.hostname.is_empty())
+        .then(|| config.hostname.clone());
+    if let Some(h) = hostname.as_ref().filter(|h| h.len() > 64) {
+        return Err(format!("hostname {h:?} is longer than 64 bytes"));
+    }
+    let mut sysctls = Vec::new();
+    let mut keys: Vec<_> = config.sysctls.iter().collect();
+    keys.sort();
+    for (key, value) in keys {
+        let path = sysctl::check(key, |ns| own.contains(&ns))?;
+        sysctls.push((key.clone(), path, value.clone()));
+    }
+    Ok(Plan {
+        state_dir,
+        pid_ns: pod(config.pid),
+        loopback_up: config.loopback_up && own.contains(&Namespace::Net),
+        own,
+        hostname,
+        sysctls,
+    })
+}
+
+/// Entry point of the `berth-shim` binary.
+pub fn main() -> ExitCode {
+    let config = match read_config(&mut std::io::stdin().lock()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth-shim: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let plan = match plan(&config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("berth-shim: pod {}: {e}", config.pod_id);
+            return ExitCode::FAILURE;
+        }
+    };
+    let (r, w) = match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("berth-shim: pipe: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match init::fork() {
+        Err(e) => {
+            eprintln!("berth-shim: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(w);
+            wait_ready(child, r)
+        }
+        Ok(ForkResult::Child) => {
+            drop(r);
+            run(config, plan, w)
+        }
+    }
+}
+
+/// Reads the config from stdin: one length-delimited message (stdin need not be closed).
+fn read_config(input: &mut impl Read) -> Result<SandboxConfig, String> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        match framing::split(&buf) {
+            Frame::Complete { header, len } => {
+                return SandboxConfig::decode(&buf[header..header + len])
+                    .map_err(|e| format!("bad SandboxConfig on stdin: {e}"));
+            }
+            Frame::Invalid(e) => return Err(format!("bad SandboxConfig on stdin: {e}")),
+            Frame::Incomplete => {}
+        }
+        match input.read(&mut chunk) {
+            Ok(0) => return Err("stdin closed before a whole SandboxConfig".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read stdin: {e}")),
+        }
+    }
+}
+
+/// The parent's side: wait for `R` (ready) or `E<error>` from the child.
+fn wait_ready(child: Pid, r: OwnedFd) -> ExitCode {
+    let mut msg = Vec::new();
+    let _ = std::fs::File::from(r).read_to_end(&mut msg);
+    match msg.split_first() {
+        Some((b'R', _)) => {
+            println!("{child}");
+            ExitCode::SUCCESS
+        }
+        Some((b'E', text)) => {
+            let _ = waitpid(child, None);
+            eprintln!("berth-shim: {}", String::from_utf8_lossy(text));
+            ExitCode::FAILURE
+        }
+        _ => {
+            let status = waitpid(child, None);
+            eprintln!("berth-shim: the shim exited during startup ({status:?})");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The detached shim (the forked child).
+fn run(config: SandboxConfig, plan: Plan, ready: OwnedFd) -> ExitCode {
+    let mut ready = std::fs::File::from(ready);
+    let mut shim = Shim {
+        pod_id: config.pod_id,
+        plan,
+        init: None,
+        sigfd: None,
+        listener: None,
+        conns: Vec::new(),
+        shutting_down: false,
+        dir_missing: false,
+    };
+    match shim.start() {
+        Ok(()) => {
+            log!("pod {}: ready", shim.pod_id);
+            let _ = ready.write_all(b"R");
+            drop(ready);
+            shim.serve()
+        }
+        Err(e) => {
+            log!("pod {}: start failed: {e}", shim.pod_id);
+            shim.abort_start();
+            let _ = ready.write_all(format!("E{e}").as_bytes());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Conn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+struct Shim {
+    pod_id: String,
+    plan: Plan,
+    init: Option<Init>,
+    sigfd: Option<SignalFd>,
+    listener: Option<UnixListener>,
+    conns: Vec<Conn>,
+    shutting_down: bool,
+    dir_missing: bool,
+}
+
+enum After {
+    Continue,
+    Exit,
+}
+
+impl Shim {
+    fn state_dir(&self) -> &Path {
+        &self.plan.state_dir
+    }
+
+    /// Everything up to serving. On error the caller runs [`Shim::abort_start`].
+    fn start(&mut self) -> Result<(), String> {
+        let dir = self.plan.state_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(log_path(&dir))
+            .map_err(|e| format!("open {}: {e}", log_path(&dir).display()))?;
+        let null = std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
+        for (from, to) in [
+            (null.as_raw_fd(), 0),
+            (log.as_raw_fd(), 1),
+            (log.as_raw_fd(), 2),
+        ] {
+            nix::unistd::dup2(from, to).map_err(|e| format!("dup2: {e}"))?;
+        }
+        drop((log, null));
+        // Pin no mount of berthd's working directory.
+        nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+
+        let signals = init::handled_signals();
+        signals
+            .thread_block()
+            .map_err(|e| format!("block signals: {e}"))?;
+        self.sigfd = Some(
+            SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+                .map_err(|e| format!("signalfd: {e}"))?,
+        );
+
+        namespaces::unshare(&self.plan.own).map_err(|e| e.to_string())?;
+        if let Some(h) = &self.plan.hostname {
+            nix::unistd::sethostname(h).map_err(|e| format!("sethostname {h:?}: {e}"))?;
+        }
+        if self.plan.loopback_up {
+            netlink::loopback_up().map_err(|e| e.to_string())?;
+        }
+        for (key, path, value) in &self.plan.sysctls {
+            std::fs::write(path, value.as_bytes())
+                .map_err(|e| format!("sysctl {key}={value:?}: {e}"))?;
+        }
+        for &ns in &self.plan.own {
+            namespaces::pin_own(&dir, ns).map_err(|e| e.to_string())?;
+        }
+        if self.plan.pid_ns {
+            namespaces::unshare(&[Namespace::Pid]).map_err(|e| e.to_string())?;
+            let init = init::spawn()?;
+            let pid = init.pid;
+            self.init = Some(init);
+            namespaces::pin(
+                &PathBuf::from(format!("/proc/{pid}/ns/pid")),
+                &namespaces::ns_paths(&dir).pid,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+
+        let sock = socket_path(&dir);
+        match std::fs::remove_file(&sock) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("remove stale {}: {e}", sock.display()));
+            }
+            _ => {}
+        }
+        let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(&sock);
+        nix::sys::stat::umask(old);
+        let listener = bound.map_err(|e| format!("listen on {}: {e}", sock.display()))?;
+        self.listener = Some(listener);
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("chmod {}: {e}", sock.display()))?;
+        self.listener
+            .as_ref()
+            .unwrap()
+            .set_nonblocking(true)
+            .map_err(|e| format!("listener: {e}"))?;
+
+        let pid_file = pid_path(&dir);
+        let tmp = dir.join("shim.pid.tmp");
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, &pid_file))
+            .map_err(|e| format!("write {}: {e}", pid_file.display()))?;
+        Ok(())
+    }
+
+    /// Undoes what a failed start did: no process, mount or file of ours stays behind
+    /// (shim.log aside).
+    fn abort_start(&mut self) {
+        if let Some(init) = self.init.take() {
+            let _ = kill(init.pid, Signal::SIGKILL);
+            let _ = waitpid(init.pid, None);
+        }
+        self.release();
+    }
+
+    /// Unpins the namespaces and removes the socket and pid file.
+    fn release(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = namespaces::unpin_all(&self.plan.state_dir) {
+            problems.push(e.to_string());
+        }
+        self.listener = None;
+        for p in [socket_path(self.state_dir()), pid_path(self.state_dir())] {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    problems.push(format!("remove {}: {e}", p.display()));
+                }
+                _ => {}
+            }
+        }
+        problems
+    }
+
+    fn init_pid(&self) -> u32 {
+        self.init.as_ref().map_or(0, |i| i.pid.as_raw() as u32)
+    }
+
+    fn serve(mut self) -> ExitCode {
+        loop {
+            let mut ready: Vec<(usize, PollFlags)> = Vec::new();
+            {
+                let sigfd = self.sigfd.as_ref().expect("signalfd");
+                let listener = self.listener.as_ref().expect("listener");
+                let mut fds = Vec::with_capacity(2 + self.conns.len());
+                fds.push(PollFd::new(sigfd.as_fd(), PollFlags::POLLIN));
+                fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+                for c in &self.conns {
+                    fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+                }
+                let timeout = PollTimeout::try_from(TICK).unwrap_or(PollTimeout::NONE);
+                match nix::poll::poll(&mut fds, timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => {
+                        log!("poll: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                for (i, fd) in fds.iter().enumerate() {
+                    if let Some(f) = fd.revents().filter(|f| !f.is_empty()) {
+                        ready.push((i, f));
+                    }
+                }
+            }
+            self.check_state_dir();
+            // Connections from the back so that removing one keeps the others' indices.
+            for &(i, flags) in ready.iter().rev() {
+                match i {
+                    0 => {
+                        if let After::Exit = self.on_signals() {
+                            return ExitCode::SUCCESS;
+                        }
+                    }
+                    1 => self.accept(),
+                    _ => {
+                        if let After::Exit = self.on_conn(i - 2, flags) {
+                            return ExitCode::SUCCESS;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_state_dir(&mut self) {
+        let missing = !self.plan.state_dir.is_dir();
+        if missing && !self.dir_missing {
+            log!(
+                "pod {}: state directory {} disappeared; still serving",
+                self.pod_id,
+                self.plan.state_dir.display()
+            );
+        }
+        self.dir_missing = missing;
+    }
+
+    fn on_signals(&mut self) -> After {
+        let mut shutdown = false;
+        while let Ok(Some(info)) = self.sigfd.as_ref().expect("signalfd").read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => {}
+                Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => shutdown = true,
+                Ok(s) => log!("pod {}: ignoring {s}", self.pod_id),
+                Err(_) => {}
+            }
+        }
+        // SIGCHLDs coalesce: reap whatever there is, whatever signal woke us.
+        self.reap();
+        if shutdown {
+            log!("pod {}: shutting down on signal", self.pod_id);
+            for p in self.shutdown(DEFAULT_SHUTDOWN_TIMEOUT) {
+                log!("pod {}: {p}", self.pod_id);
+            }
+            return After::Exit;
+        }
+        After::Continue
+    }
+
+    /// Reaps every exited child (the shim is the subreaper: orphans of the pod come here).
+    /// Returns false once the shim has no children left.
+    fn reap(&mut self) -> bool {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => return true,
+                Ok(status) => {
+                    let pid = status.pid();
+                    if pid.is_some() && pid == self.init.as_ref().map(|i| i.pid) {
+                        if !self.shutting_down {
+                            log!(
+                                "pod {}: pod init {} exited unexpectedly: {status:?}",
+                                self.pod_id,
+                                self.init_pid()
+                            );
+                        }
+                        self.init = None;
+                    } else if !self.shutting_down {
+                        log!("pod {}: reaped {status:?}", self.pod_id);
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::ECHILD) => return false,
+                Err(e) => {
+                    log!("waitpid: {e}");
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        log!("pod {}: too many connections, closing one", self.pod_id);
+                        continue;
+                    }
+                    if stream.set_nonblocking(true).is_ok() {
+                        self.conns.push(Conn {
+                            stream,
+                            buf: Vec::new(),
+                        });
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_conn(&mut self, idx: usize, flags: PollFlags) -> After {
+        let mut chunk = [0u8; 1024];
+        let mut close = false;
+        let conn = &mut self.conns[idx];
+        loop {
+            match conn.stream.read(&mut chunk) {
+                Ok(0) => {
+                    close = true;
+                    break;
+                }
+                Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    close = true;
+                    break;
+                }
+            }
+            if conn.buf.len() > framing::MAX_MESSAGE + 16 {
+                break;
+            }
+        }
+        if flags.intersects(PollFlags::POLLERR | PollFlags::POLLNVAL) {
+            close = true;
+        }
+        // Answer every whole request received, in order.
+        loop {
+            let conn = &mut self.conns[idx];
+            match framing::split(&conn.buf) {
+                Frame::Incomplete => break,
+                Frame::Invalid(e) => {
+                    let resp = Response {
+                        error: format!("garbled request: {e}"),
+                        kind: None,
+                    };
+                    send(&conn.stream, &resp);
+                    close = true;
+                    break;
+                }
+                Frame::Complete { header, len } => {
+                    let body: Vec<u8> = conn.buf.drain(..header + len).skip(header).collect();
+                    let (resp, after) = self.handle(&body);
+                    send(&self.conns[idx].stream, &resp);
+                    if let After::Exit = after {
+                        return After::Exit;
+                    }
+                }
+            }
+        }
+        if close {
+            self.conns.swap_remove(idx);
+        }
+        After::Continue
+    }
+
+    fn handle(&mut self, body: &[u8]) -> (Response, After) {
+        let req = match Request::decode(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    Response {
+                        error: format!("garbled request: {e}"),
+                        kind: None,
+                    },
+                    After::Continue,
+                );
+            }
+        };
+        match req.kind {
+            Some(request::Kind::Ping(_)) => (
+                Response {
+                    error: String::new(),
+                    kind: Some(response::Kind::Ping(PingResponse {
+                        pid: std::process::id(),
+                        init_pid: self.init_pid(),
+                    })),
+                },
+                After::Continue,
+            ),
+            Some(request::Kind::Shutdown(s)) => {
+                let timeout = Duration::from_millis(u64::from(s.timeout_ms));
+                log!("pod {}: shutdown requested ({timeout:?})", self.pod_id);
+                let problems = self.shutdown(timeout);
+                for p in &problems {
+                    log!("pod {}: {p}", self.pod_id);
+                }
+                (
+                    Response {
+                        error: problems.join("; "),
+                        kind: Some(response::Kind::Shutdown(ShutdownResponse {})),
+                    },
+                    After::Exit,
+                )
+            }
+            None => (
+                Response {
+                    error: "unknown request".into(),
+                    kind: None,
+                },
+                After::Continue,
+            ),
+        }
+    }
+
+    /// SIGTERM to every child of the shim (the init included), SIGKILL to what is left
+    /// after `timeout`, reap them all, then release the pins and files. Returns what could
+    /// not be done.
+    fn shutdown(&mut self, timeout: Duration) -> Vec<String> {
+        self.shutting_down = true;
+        let mut problems = Vec::new();
+        // New connections would only wait for an answer that never comes.
+        self.listener = None;
+        let _ = std::fs::remove_file(socket_path(self.state_dir()));
+
+        signal_children(Signal::SIGTERM);
+        let mut left = self.wait_children(Instant::now() + timeout);
+        if left {
+            let deadline = Instant::now() + KILL_GRACE;
+            while left && Instant::now() < deadline {
+                // Orphans may still be arriving: look the children up each round.
+                signal_children(Signal::SIGKILL);
+                left =
+                    self.wait_children((Instant::now() + Duration::from_millis(100)).min(deadline));
+            }
+            if left {
+                problems.push(format!(
+                    "processes still running after SIGKILL: {:?}",
+                    children()
+                ));
+            }
+        }
+        problems.extend(self.release());
+        problems
+    }
+
+    /// Reaps children until none is left (returns false) or `deadline` (returns true).
+    fn wait_children(&mut self, deadline: Instant) -> bool {
+        loop {
+            if !self.reap() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            let sigfd = self.sigfd.as_ref().expect("signalfd");
+            let wait = (deadline - now).min(Duration::from_millis(200));
+            let mut fds = [PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+            let _ = nix::poll::poll(
+                &mut fds,
+                PollTimeout::try_from(wait).unwrap_or(PollTimeout::ZERO),
+            );
+            while let Ok(Some(_)) = sigfd.read_signal() {}
+        }
+    }
+}
+
+/// Writes one answer; a client that does not read it within a second loses it.
+fn send(stream: &UnixStream, resp: &Response) {
+    let bytes = resp.encode_length_delimited_to_vec();
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = (&*stream).write_all(&bytes);
+    let _ = stream.set_nonblocking(true);
+}
+
+/// Pids of the shim's children (its own and the orphans it adopted).
+fn children() -> Vec<Pid> {
+    let me = std::process::id();
+    std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok().map(Pid::from_raw))
+        .collect()
+}
+
+fn signal_children(sig: Signal) {
+    for pid in children() {
+        let _ = kill(pid, sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn plans() {
+        let mut c = SandboxConfig {
+            pod_id: "p".into(),
+            state_dir: "/run/x".into(),
+            hostname: "h".into(),
+            ..Default::default()
+        };
+        c.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+        let p = plan(&c).unwrap();
+        assert_eq!(p.own, [Namespace::Net, Namespace::Ipc, Namespace::Uts]);
+        assert!(p.pid_ns);
+        assert_eq!(p.hostname.as_deref(), Some("h"));
+        assert_eq!(p.sysctls[0].1, Path::new("/proc/sys/net/ipv4/ip_forward"));
+
+        c.network = NamespaceMode::Host as i32;
+        assert!(plan(&c).unwrap_err().contains("net.ipv4.ip_forward"));
+        c.sysctls.clear();
+        c.uts = NamespaceMode::Host as i32;
+        assert_eq!(plan(&c).unwrap().hostname, None);
+        c.state_dir = "relative".into();
+        assert!(plan(&c).is_err());
+        c.state_dir = "/x".into();
+        c.pid = 7;
+        assert!(plan(&c).is_err());
+    }
+
+    #[test]
+    fn config_from_stdin() {
+        let c = SandboxConfig {
+            pod_id: "abc".into(),
+            ..Default::default()
+        };
+        let mut bytes = c.encode_length_delimited_to_vec();
+        bytes.extend(b"trailing garbage is not read");
+        assert_eq!(read_config(&mut &bytes[..]).unwrap(), c);
+        let cut = &c.encode_length_delimited_to_vec()[..3];
+        assert!(read_config(&mut &cut[..]).unwrap_err().contains("closed"));
+    }
+}
