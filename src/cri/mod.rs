@@ -5,6 +5,7 @@ mod image;
 mod rpc;
 mod runtime;
 mod runtime_sandbox;
+mod runtime_stats;
 
 use std::sync::Arc;
 

@@ -106,6 +106,41 @@ impl RuntimeService for Cri {
         self.list_pod_sandbox_impl(req).await
     }
 
+    async fn pod_sandbox_stats(
+        &self,
+        req: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        self.pod_sandbox_stats_impl(req).await
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        req: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        self.list_pod_sandbox_stats_impl(req).await
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        req: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        self.list_metric_descriptors_impl(req).await
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        req: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        self.list_pod_sandbox_metrics_impl(req).await
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        req: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        self.update_pod_sandbox_resources_impl(req).await
+    }
+
     async fn runtime_config(
         &self,
         _req: Request<cri::RuntimeConfigRequest>,

@@ -116,6 +116,14 @@ fn write(dir: &Path, file: &str, value: &str) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.join(file).display())))
 }
 
+/// The leaf directories of cgroup `rel`, one per hierarchy, as strings for the records.
+pub fn create_leaves(h: &Hierarchy, rel: &str) -> Vec<String> {
+    h.dirs(rel)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
 /// Creates the missing directories of cgroup `rel` and applies `res`. Returns the
 /// directories it created, deepest last, for `remove`.
 pub fn create(h: &Hierarchy, rel: &str, res: Option<&Resources>) -> std::io::Result<Vec<PathBuf>> {

@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod files;
 pub mod namespaces;
 pub mod spec;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,18 @@ struct Inner {
     hierarchy: cgroup::Hierarchy,
     /// One lock per pod id: run, stop and remove of a pod do not interleave.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The previous CPU sample per pod (time, cpu ns), for a usage rate.
+    cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+}
+
+/// A pod's resource usage at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct PodUsage {
+    pub timestamp: i64,
+    pub cgroup: stats::CgroupUsage,
+    /// CPU use since the previous sample, in nanocores.
+    pub nano_cores: Option<u64>,
+    pub interfaces: Vec<stats::InterfaceUsage>,
 }
 
 #[derive(Clone)]
@@ -176,6 +189,7 @@ impl SandboxService {
                 driver: cfg.cgroup_driver,
                 hierarchy: cgroup::Hierarchy::detect(),
                 locks: Mutex::new(HashMap::new()),
+                cpu_samples: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -314,6 +328,7 @@ impl SandboxService {
             Err(e) => {
                 tracing::warn!(pod_id = %id, error = %e, "pod setup failed; undoing");
                 self.teardown(&pod).await;
+                self.remove_files(&pod).await;
                 if let Err(err) = self.inner.db.delete_pod(&id) {
                     tracing::error!(pod_id = %id, error = %err, "cannot delete failed pod record");
                 }
@@ -337,8 +352,10 @@ impl SandboxService {
                 cgroup::pod_limits(pod.spec.overhead.as_ref(), pod.spec.resources.as_ref());
             let created = cgroup::create(&self.inner.hierarchy, rel, limits.as_ref())
                 .map_err(|e| internal(&id, "pod cgroup", e))?;
-            pod.cgroups = created.iter().map(|p| p.display().to_string()).collect();
+            pod.cgroups = cgroup::create_leaves(&self.inner.hierarchy, rel);
             // Recorded before going on, so that a crash cannot leak them.
+            let created: Vec<String> = created.iter().map(|p| p.display().to_string()).collect();
+            self.inner.db.add_cgroups(&created)?;
             self.inner.db.update_pod(pod)?;
         }
         let config = SandboxConfig {
@@ -476,6 +493,11 @@ impl SandboxService {
         };
         self.remove_files(&pod).await;
         self.inner.db.delete_pod(&id)?;
+        self.inner
+            .cpu_samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         drop(_g);
         self.forget_lock(&id);
         Ok(())
@@ -483,14 +505,118 @@ impl SandboxService {
 
     async fn remove_files(&self, pod: &PodRecord) {
         let dir = self.pod_dir(&pod.id);
-        let cgroups: Vec<PathBuf> = pod.cgroups.iter().map(PathBuf::from).collect();
+        // Cgroup directories berth created on the way to this pod's cgroup: those that
+        // no other pod still uses go (a shared parent goes with its last pod).
+        let created = self.inner.db.cgroups_created().unwrap_or_default();
+        let others: Vec<String> = self
+            .inner
+            .db
+            .pods()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.id != pod.id)
+            .flat_map(|p| p.cgroups)
+            .collect();
+        let mut mine: Vec<PathBuf> = created
+            .iter()
+            .filter(|c| pod.cgroups.iter().any(|leaf| is_within(leaf, c)))
+            .filter(|c| !others.iter().any(|leaf| is_within(leaf, c)))
+            .map(PathBuf::from)
+            .collect();
+        mine.sort_by_key(|p| p.components().count());
+        let db = self.inner.db.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            cgroup::remove(&cgroups);
+            cgroup::remove(&mine);
+            let gone: Vec<String> = mine
+                .iter()
+                .filter(|p| !p.exists())
+                .map(|p| p.display().to_string())
+                .collect();
+            if let Err(e) = db.forget_cgroups(&gone) {
+                tracing::warn!(error = %e, "cannot update cgroup records");
+            }
             if let Err(e) = remove_dir_safely(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove pod state dir");
             }
         })
         .await;
+    }
+
+    /// The pod's cgroup path relative to the hierarchy, if it has one.
+    fn cgroup_rel(&self, pod: &PodRecord) -> Option<String> {
+        if pod.spec.cgroup_parent.is_empty() {
+            return None;
+        }
+        cgroup::parent_path(&pod.spec.cgroup_parent, self.inner.driver).ok()
+    }
+
+    /// Usage figures of a pod: its cgroup and its network namespace.
+    pub fn usage(&self, pod: &PodRecord) -> PodUsage {
+        let timestamp = now_ns();
+        let cg = self
+            .cgroup_rel(pod)
+            .map(|rel| stats::cgroup_usage(&self.inner.hierarchy, &rel))
+            .unwrap_or_default();
+        let nano_cores = cg.cpu_ns.and_then(|cpu| {
+            let mut samples = self
+                .inner
+                .cpu_samples
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let prev = samples.insert(pod.id.clone(), (timestamp, cpu));
+            prev.and_then(|(t0, c0)| {
+                let dt = timestamp.checked_sub(t0).filter(|d| *d > 0)? as u128;
+                Some((u128::from(cpu.saturating_sub(c0)) * 1_000_000_000 / dt) as u64)
+            })
+        });
+        let dir = self.pod_dir(&pod.id);
+        let interfaces = if pod.spec.network == NsMode::Pod && pod.state == PodState::Ready {
+            std::fs::read_to_string(dir.join("shim.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .map(stats::net_dev)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        PodUsage {
+            timestamp,
+            cgroup: cg,
+            nano_cores,
+            interfaces,
+        }
+    }
+
+    /// Applies new pod-level resources and overhead to the pod's cgroup.
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        overhead: Option<spec::Resources>,
+        resources: Option<spec::Resources>,
+    ) -> Result<()> {
+        let id = self.resolve(id)?;
+        let lock = self.lock(&id);
+        let _g = lock.lock().await;
+        let mut pod = self
+            .inner
+            .db
+            .pod(&id)?
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        if overhead.is_some() {
+            pod.spec.overhead = overhead;
+        }
+        if resources.is_some() {
+            pod.spec.resources = resources;
+        }
+        if let Some(rel) = self.cgroup_rel(&pod)
+            && let Some(limits) =
+                cgroup::pod_limits(pod.spec.overhead.as_ref(), pod.spec.resources.as_ref())
+        {
+            cgroup::apply(&self.inner.hierarchy, &rel, &limits)
+                .map_err(|e| internal(&id, "update pod cgroup", e))?;
+        }
+        self.inner.db.update_pod(&pod)?;
+        Ok(())
     }
 
     /// After a restart: pods caught half-created are torn down; Ready pods whose shim died
@@ -525,6 +651,11 @@ impl SandboxService {
         }
         Ok(())
     }
+}
+
+/// Whether path `leaf` is `dir` or below it.
+fn is_within(leaf: &str, dir: &str) -> bool {
+    leaf == dir || leaf.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
 }
 
 /// Removes a pod directory without crossing into anything still mounted below it.

@@ -91,7 +91,7 @@ pub struct PodRecord {
     pub ips: Vec<String>,
     /// Why the pod is NotReady when it was not stopped on purpose (e.g. its shim died).
     pub reason: String,
-    /// The cgroup directories berth created for the pod (removed with it).
+    /// The pod's cgroup directories, one per hierarchy (empty without a cgroup parent).
     pub cgroups: Vec<String>,
 }
 

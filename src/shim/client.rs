@@ -137,7 +137,7 @@ impl ShimClient {
         bound: Duration,
     ) -> Result<response::Kind, Error> {
         let exchange = async {
-            let mut stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            let mut stream = connect(&self.socket).await.map_err(|e| {
                 use std::io::ErrorKind::*;
                 match e.kind() {
                     NotFound | ConnectionRefused => Error::Gone(self.socket.clone()),
@@ -209,4 +209,28 @@ pub fn shim_alive(state_dir: &Path) -> bool {
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next());
     matches!(state, Some(s) if s != "Z" && s != "X")
+}
+
+/// Connects to a socket whose path may be longer than a socket address holds (107
+/// bytes): through `/proc/self/fd/N/` of its directory, opened `O_PATH`.
+async fn connect(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    if path.as_os_str().as_bytes().len() < 100 {
+        return UnixStream::connect(path).await;
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return UnixStream::connect(path).await;
+    };
+    let d = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)?;
+    let short = Path::new("/proc/self/fd")
+        .join(d.as_raw_fd().to_string())
+        .join(name);
+    let s = UnixStream::connect(&short).await;
+    drop(d);
+    s
 }

@@ -49,9 +49,12 @@ const MAX_CONNECTIONS: usize = 32;
 /// How often the loop wakes up with nothing to do, to check its state directory.
 const TICK: Duration = Duration::from_secs(30);
 
+/// The shim's socket, in the pod's state directory.
+pub const SOCKET_NAME: &str = "shim.sock";
+
 /// Files of the pod's state directory that the shim owns.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("shim.sock")
+    state_dir.join(SOCKET_NAME)
 }
 pub fn pid_path(state_dir: &Path) -> PathBuf {
     state_dir.join("shim.pid")
@@ -363,7 +366,13 @@ impl Shim {
             _ => {}
         }
         let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(&sock);
+        // Bound by a relative name from inside the state directory: a socket path is
+        // limited to 107 bytes, and state dirs under a long root exceed that.
+        let bound = std::env::set_current_dir(&dir).and_then(|()| {
+            let l = UnixListener::bind(SOCKET_NAME);
+            let _ = std::env::set_current_dir("/");
+            l
+        });
         nix::sys::stat::umask(old);
         let listener = bound.map_err(|e| format!("listen on {}: {e}", sock.display()))?;
         self.listener = Some(listener);

@@ -7,10 +7,13 @@ use crate::sandbox::spec::PodRecord;
 
 const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
 const POD_NAMES: TableDefinition<&str, &str> = TableDefinition::new("pod_names");
+/// cgroup directories berth created (a parent may outlive the pod that created it).
+const CGROUPS: TableDefinition<&str, ()> = TableDefinition::new("cgroups_created");
 
 pub(super) fn create_tables(tx: &WriteTransaction) -> Result<()> {
     tx.open_table(PODS)?;
     tx.open_table(POD_NAMES)?;
+    tx.open_table(CGROUPS)?;
     Ok(())
 }
 
@@ -58,6 +61,40 @@ impl Db {
             out.push(decode("pods", k.value(), v.value())?);
         }
         Ok(out)
+    }
+
+    pub fn add_cgroups(&self, dirs: &[String]) -> Result<()> {
+        let tx = self.write()?;
+        {
+            let mut t = tx.open_table(CGROUPS)?;
+            for d in dirs {
+                t.insert(d.as_str(), ())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn cgroups_created(&self) -> Result<Vec<String>> {
+        let tx = self.read()?;
+        let t = tx.open_table(CGROUPS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            out.push(row?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    pub fn forget_cgroups(&self, dirs: &[String]) -> Result<()> {
+        let tx = self.write()?;
+        {
+            let mut t = tx.open_table(CGROUPS)?;
+            for d in dirs {
+                t.remove(d.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn delete_pod(&self, id: &str) -> Result<()> {

@@ -188,12 +188,57 @@ impl Berthd {
     }
 }
 
+impl Berthd {
+    /// What a failed test may leave of its pods: shims (their inits die with them), CNI
+    /// attachments (DEL from berthd's own cache: veths, IPs, portmap rules), mounts.
+    fn clean_up_pods(&self) {
+        let pods = self.state.join("pods");
+        for e in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+            if let Some(pid) = std::fs::read_to_string(e.path().join("shim.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if let Ok(cfg) = berth::config::Config::load(&self.config, true) {
+            let cni = berth::network::cni::Cni::new(
+                cfg.cni.conf_dir.clone(),
+                cfg.cni.bin_dirs.clone(),
+                cfg.root.join("cni"),
+            );
+            // Its own thread and runtime: this may run inside the test's runtime.
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    let _ = rt.block_on(cni.gc(&[]));
+                }
+            })
+            .join();
+        }
+        let mut mounts = mounts_under(self.dir.path())
+            .iter()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .collect::<Vec<_>>();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 impl Drop for Berthd {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
             eprintln!("--- berthd log ---\n{}", self.log());
         }
+        self.clean_up_pods();
     }
 }
 
@@ -397,6 +442,17 @@ pub fn shims_under(path: &Path) -> Vec<u32> {
         };
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
         if !comm.starts_with("berth-shim") {
+            continue;
+        }
+        // A pod's init is a fork of its shim: count shims only.
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let ppid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .map(|p| p.trim().to_string())
+            .unwrap_or_default();
+        let parent = std::fs::read_to_string(format!("/proc/{ppid}/comm")).unwrap_or_default();
+        if parent.starts_with("berth-shim") {
             continue;
         }
         // The shim's stderr is its log file in the pod's state directory.
