@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod container;
 pub mod cri;
 pub mod image;
 pub mod network;

@@ -596,6 +596,7 @@ impl Shim {
                 Frame::Invalid(e) => {
                     let resp = Response {
                         error: format!("garbled request: {e}"),
+                        error_kind: 0,
                         kind: None,
                     };
                     send(&conn.stream, &resp);
@@ -625,6 +626,7 @@ impl Shim {
                 return (
                     Response {
                         error: format!("garbled request: {e}"),
+                        error_kind: 0,
                         kind: None,
                     },
                     After::Continue,
@@ -635,6 +637,7 @@ impl Shim {
             Some(request::Kind::Ping(_)) => (
                 Response {
                     error: String::new(),
+                    error_kind: 0,
                     kind: Some(response::Kind::Ping(PingResponse {
                         pid: std::process::id(),
                         init_pid: self.init_pid(),
@@ -652,14 +655,16 @@ impl Shim {
                 (
                     Response {
                         error: problems.join("; "),
+                        error_kind: 0,
                         kind: Some(response::Kind::Shutdown(ShutdownResponse {})),
                     },
                     After::Exit,
                 )
             }
-            None => (
+            Some(_) | None => (
                 Response {
                     error: "unknown request".into(),
+                    error_kind: 0,
                     kind: None,
                 },
                 After::Continue,

@@ -1,0 +1,1 @@
+//! Container configuration in berth's own terms (the CRI layer translates into these).
