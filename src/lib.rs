@@ -12,4 +12,5 @@ pub mod network;
 pub mod proto;
 pub mod sandbox;
 pub mod shim;
+pub mod stats;
 pub mod store;

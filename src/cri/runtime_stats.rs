@@ -13,7 +13,7 @@ fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
 }
 
-fn iface(i: &crate::sandbox::stats::InterfaceUsage) -> cri::NetworkInterfaceUsage {
+fn iface(i: &crate::stats::InterfaceUsage) -> cri::NetworkInterfaceUsage {
     cri::NetworkInterfaceUsage {
         name: i.name.clone(),
         rx_bytes: u64v(Some(i.rx_bytes)),

@@ -5,7 +5,6 @@ pub mod cgroup;
 pub mod files;
 pub mod namespaces;
 pub mod spec;
-pub mod stats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -68,10 +67,10 @@ struct Inner {
 #[derive(Debug, Clone, Default)]
 pub struct PodUsage {
     pub timestamp: i64,
-    pub cgroup: stats::CgroupUsage,
+    pub cgroup: crate::stats::CgroupUsage,
     /// CPU use since the previous sample, in nanocores.
     pub nano_cores: Option<u64>,
-    pub interfaces: Vec<stats::InterfaceUsage>,
+    pub interfaces: Vec<crate::stats::InterfaceUsage>,
 }
 
 #[derive(Clone)]
@@ -555,7 +554,7 @@ impl SandboxService {
         let timestamp = now_ns();
         let cg = self
             .cgroup_rel(pod)
-            .map(|rel| stats::cgroup_usage(&self.inner.hierarchy, &rel))
+            .map(|rel| crate::stats::cgroup_usage(&self.inner.hierarchy, &rel))
             .unwrap_or_default();
         let nano_cores = cg.cpu_ns.and_then(|cpu| {
             let mut samples = self
@@ -574,7 +573,7 @@ impl SandboxService {
             std::fs::read_to_string(dir.join("shim.pid"))
                 .ok()
                 .and_then(|p| p.trim().parse::<u32>().ok())
-                .map(stats::net_dev)
+                .map(crate::stats::net_dev)
                 .unwrap_or_default()
         } else {
             Vec::new()

@@ -1,10 +1,10 @@
-//! Resource usage of a pod, read from its cgroup (v1 or v2) and, for the network, from
-//! `/proc/<pid>/net/dev` of a process inside the pod's network namespace (its shim).
+//! Resource usage of a pod or container, read from its cgroup (v1 or v2) and, for the network, from
+//! `/proc/<pid>/net/dev` of a process inside the network namespace (a pod's shim).
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::cgroup::Hierarchy;
+use crate::sandbox::cgroup::Hierarchy;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CgroupUsage {
