@@ -239,9 +239,17 @@ async fn pod_namespaces_hostname_sysctls_init_and_shutdown() {
         [pid, init],
         "the leak check sees the shim and its init"
     );
+    // The init is PID 1 of the pinned namespace; the shim went back to its own, so
+    // that libcontainer's processes see host pids (containers join the pin).
+    {
+        use std::os::unix::fs::MetadataExt;
+        let init_ns = std::fs::metadata(format!("/proc/{init}/ns/pid")).unwrap();
+        let pinned = std::fs::metadata(&ns.pid).unwrap();
+        assert_eq!((init_ns.dev(), init_ns.ino()), (pinned.dev(), pinned.ino()));
+    }
     assert_eq!(
-        std::fs::read_link(format!("/proc/{init}/ns/pid")).unwrap(),
-        std::fs::read_link(format!("/proc/{pid}/ns/pid_for_children")).unwrap()
+        std::fs::read_link(format!("/proc/{pid}/ns/pid_for_children")).unwrap(),
+        std::fs::read_link("/proc/self/ns/pid").unwrap()
     );
 
     // Garbled and unknown requests are answered with an error; the shim keeps serving,
@@ -251,7 +259,7 @@ async fn pod_namespaces_hostname_sysctls_init_and_shutdown() {
     c.write_all(&[2, 0xff, 0xff]).unwrap(); // a body that is not a Request
     let answer = read_response(&mut c);
     assert!(answer.error.contains("garbled"), "{answer:?}");
-    c.write_all(&[2, 0x3a, 0]).unwrap(); // field 7: a request kind the shim does not know
+    c.write_all(&[2, 0x7a, 0]).unwrap(); // field 15: a request kind the shim does not know
     let answer = read_response(&mut c);
     assert_eq!(answer.error, "unknown request");
     c.write_all(&[2, 0x0a, 0]).unwrap(); // ping

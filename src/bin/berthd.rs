@@ -12,6 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use berth::config::{self, Config, LogFormat};
 use berth::cri::{self, Cri};
+use berth::container::ContainerService;
 use berth::image::ImageService;
 use berth::sandbox::SandboxService;
 use berth::store::Db;
@@ -182,6 +183,12 @@ async fn run(cfg: Config) -> Result<()> {
         .recover()
         .await
         .context("cannot recover pod sandboxes")?;
+    let containers = ContainerService::open(&cfg, db.clone(), images.clone(), sandboxes.clone())
+        .map_err(anyhow::Error::msg)?;
+    containers
+        .recover()
+        .await
+        .context("cannot recover containers")?;
     let listener = bind_socket(&cfg.socket)?;
     let socket = cfg.socket.clone();
     tracing::info!(
@@ -194,6 +201,7 @@ async fn run(cfg: Config) -> Result<()> {
         config: Arc::new(cfg),
         images,
         sandboxes,
+        containers,
     });
     cri::serve(listener, cri::routes(cri), shutdown_signal()).await;
     let _ = std::fs::remove_file(&socket);

@@ -1,5 +1,15 @@
 //! Containers: CRI container config to OCI runtime spec, the rootfs, and the lifecycle
 //! through the pod's shim.
 
+pub mod capabilities;
 pub mod config;
+pub mod devices;
+pub mod host;
+pub mod mounts;
+pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
+pub mod user;
+pub mod lifecycle;
+
+pub use lifecycle::{ContainerService, Error};

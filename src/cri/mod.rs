@@ -1,9 +1,11 @@
 //! The gRPC layer: translate CRI messages, delegate, map errors to status codes. No Linux
 //! detail lives here.
 
+mod container_config;
 mod image;
 mod rpc;
 mod runtime;
+mod runtime_container;
 mod runtime_sandbox;
 mod runtime_stats;
 
@@ -17,6 +19,7 @@ use crate::config::Config;
 use crate::image::{Error as ImageError, ImageService};
 use crate::proto::runtime::v1::image_service_server::ImageServiceServer;
 use crate::proto::runtime::v1::runtime_service_server::RuntimeServiceServer;
+use crate::container::ContainerService;
 use crate::sandbox::SandboxService;
 
 /// Everything the CRI services delegate to.
@@ -24,6 +27,7 @@ pub struct Cri {
     pub config: Arc<Config>,
     pub images: ImageService,
     pub sandboxes: SandboxService,
+    pub containers: ContainerService,
 }
 
 /// Message size limit as kubelet's client sets it (16 MiB), so large lists go through.

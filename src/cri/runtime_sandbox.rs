@@ -155,7 +155,7 @@ fn to_map(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, Str
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn status(p: &PodRecord) -> cri::PodSandboxStatus {
+pub(super) fn status_of(p: &PodRecord) -> cri::PodSandboxStatus {
     let network = (p.spec.network == NsMode::Pod && !p.ips.is_empty()).then(|| {
         cri::PodSandboxNetworkStatus {
             ip: p.ips[0].clone(),
@@ -231,6 +231,11 @@ impl Cri {
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         let id = req.into_inner().pod_sandbox_id;
         record("pod_id", &id);
+        if let Ok(pod) = self.sandboxes.resolve(&id) {
+            self.containers
+                .stop_pod_containers(&pod, std::time::Duration::ZERO)
+                .await?;
+        }
         self.sandboxes.stop(&id).await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
@@ -241,6 +246,13 @@ impl Cri {
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         let id = req.into_inner().pod_sandbox_id;
         record("pod_id", &id);
+        if let Ok(pod) = self.sandboxes.resolve(&id) {
+            self.containers
+                .stop_pod_containers(&pod, std::time::Duration::ZERO)
+                .await?;
+            self.sandboxes.stop(&pod).await?;
+            self.containers.remove_pod_containers(&pod).await?;
+        }
         self.sandboxes.remove(&id).await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
@@ -264,9 +276,18 @@ impl Cri {
             info.insert("info".to_string(), v.to_string());
         }
         Ok(Response::new(cri::PodSandboxStatusResponse {
-            status: Some(status(&pod)),
+            status: Some(status_of(&pod)),
             info,
-            containers_statuses: Vec::new(),
+            containers_statuses: if r.verbose {
+                self.containers
+                    .list()?
+                    .iter()
+                    .filter(|c| c.pod_id == pod.id)
+                    .map(super::runtime_container::status)
+                    .collect()
+            } else {
+                Vec::new()
+            },
             timestamp: crate::sandbox::now_ns(),
         }))
     }

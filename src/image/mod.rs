@@ -317,6 +317,29 @@ impl ImageService {
         Ok(Some(removed.image))
     }
 
+    /// Frees layers that nothing references any more (after a container that held the
+    /// layers of a removed image went away).
+    pub async fn collect_layers(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        let keep = inner.active_ids();
+        let freed = inner
+            .db
+            .collect_layers(&keep)
+            .map_err(|e| Error::internal("*", e))?;
+        if freed.is_empty() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || {
+            for l in &freed {
+                if let Err(e) = inner.layers.remove(&l.chain_id) {
+                    tracing::warn!(layer = %l.chain_id, error = %e, "cannot remove layer directory");
+                }
+            }
+        })
+        .await
+        .map_err(|e| Error::internal("*", e))
+    }
+
     /// Usage of the image filesystem (unpacked layers) and the container filesystem.
     pub async fn fs_usage(&self) -> Result<(FsUsage, FsUsage)> {
         let layers = self

@@ -13,7 +13,10 @@ use tokio::net::UnixStream;
 use super::framing::{self, Frame};
 use super::server::{pid_path, socket_path};
 use crate::proto::shim::{
-    PingRequest, PingResponse, Request, Response, SandboxConfig, ShutdownRequest, request, response,
+    ContainerState, ContainerStateRequest, CreateContainerRequest, DeleteContainerRequest,
+    ErrorKind, Event, ExecSyncRequest, ExecSyncResponse, KillContainerRequest, PingRequest,
+    PingResponse, ReopenLogRequest, Request, Response, SandboxConfig, ShutdownRequest,
+    StartContainerRequest, SubscribeRequest, request, response,
 };
 
 /// How long a shim may take to start (namespaces, sysctls, pins) and report ready.
@@ -29,9 +32,19 @@ pub enum Error {
     /// The exchange broke: bad bytes, a closed connection, an unexpected answer.
     #[error("shim protocol: {0}")]
     Protocol(String),
-    /// The shim answered with an error.
+    /// The shim answered with an error of its own (an internal one).
     #[error("shim: {0}")]
     Shim(String),
+    /// The shim does not know the container (ErrorKind NOT_FOUND).
+    #[error("{0}")]
+    NotFound(String),
+    /// The container is not in a state that allows the request (FAILED_PRECONDITION).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The request is wrong: a bad id or signal, a command that does not exist in the
+    /// image, a bad spec (INVALID_ARGUMENT).
+    #[error("{0}")]
+    InvalidArgument(String),
     /// Nobody listens on the socket (it does not exist or refuses): the shim is gone.
     #[error("shim at {0} is gone")]
     Gone(PathBuf),
@@ -130,62 +143,248 @@ impl ShimClient {
         }
     }
 
+    /// Creates a container from the OCI bundle berthd prepared (its init waits for
+    /// [`ShimClient::start_container`]); returns the init's pid.
+    pub async fn create_container(&self, req: CreateContainerRequest) -> Result<u32, Error> {
+        match self
+            .call(
+                "create container",
+                request::Kind::CreateContainer(req),
+                REQUEST_TIMEOUT,
+            )
+            .await?
+        {
+            response::Kind::CreateContainer(c) => Ok(c.pid),
+            other => Err(unexpected("create container", &other)),
+        }
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<(), Error> {
+        let req = request::Kind::StartContainer(StartContainerRequest { id: id.into() });
+        self.call_empty("start container", req).await
+    }
+
+    /// Sends `signal` to the container's init, or with `all` to every process of its
+    /// cgroup. FailedPrecondition when the container has exited (and not `all`).
+    pub async fn kill_container(&self, id: &str, signal: i32, all: bool) -> Result<(), Error> {
+        let signal = u32::try_from(signal)
+            .map_err(|_| Error::InvalidArgument(format!("invalid signal {signal}")))?;
+        let req = request::Kind::KillContainer(KillContainerRequest {
+            id: id.into(),
+            signal,
+            all,
+        });
+        self.call_empty("kill container", req).await
+    }
+
+    /// Forgets a container that is not running (its cgroup, libcontainer state, exit
+    /// record and pipes). An unknown id is fine; a running container is
+    /// FailedPrecondition.
+    pub async fn delete_container(&self, id: &str) -> Result<(), Error> {
+        let req = request::Kind::DeleteContainer(DeleteContainerRequest { id: id.into() });
+        self.call_empty("delete container", req).await
+    }
+
+    /// The container's state; for a container the shim does not hold (any more), its
+    /// exit record. NotFound when there is neither.
+    pub async fn container_state(&self, id: &str) -> Result<ContainerState, Error> {
+        let req = request::Kind::ContainerState(ContainerStateRequest { id: id.into() });
+        match self.call("container state", req, REQUEST_TIMEOUT).await? {
+            response::Kind::ContainerState(s) => Ok(s),
+            other => Err(unexpected("container state", &other)),
+        }
+    }
+
+    /// Runs `args` in the container and returns its output and exit code. With a
+    /// non-zero `timeout` the shim kills the command when it passes and answers
+    /// `timed_out`; the call itself is bounded by `timeout` plus [`REQUEST_TIMEOUT`].
+    /// A zero `timeout` means none, and the call is not bounded either (the caller's
+    /// deadline applies). A command that does not exist is InvalidArgument.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecSyncResponse, Error> {
+        let timeout_ms = if timeout.is_zero() {
+            0
+        } else {
+            u32::try_from(timeout.as_millis())
+                .unwrap_or(u32::MAX)
+                .max(1)
+        };
+        let req = request::Kind::ExecSync(ExecSyncRequest {
+            container_id: id.into(),
+            args,
+            timeout_ms,
+        });
+        let bound = if timeout.is_zero() {
+            None
+        } else {
+            Some(timeout + REQUEST_TIMEOUT)
+        };
+        let exchange = self.exchange("exec", req);
+        let (_, resp) = match bound {
+            Some(b) => tokio::time::timeout(b, exchange)
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: "exec",
+                    after: b,
+                })??,
+            None => exchange.await?,
+        };
+        match answer("exec", resp)? {
+            response::Kind::ExecSync(r) => Ok(r),
+            other => Err(unexpected("exec", &other)),
+        }
+    }
+
+    /// Makes the shim close and reopen the container's log file (after a rotation).
+    pub async fn reopen_log(&self, id: &str) -> Result<(), Error> {
+        let req = request::Kind::ReopenLog(ReopenLogRequest { id: id.into() });
+        self.call_empty("reopen log", req).await
+    }
+
+    /// The shim's container events from now on (created, started, exited, deleted), for
+    /// as long as the receiver is kept and the shim lives: the channel closes when the
+    /// shim's connection does. Returns once the shim has registered the subscription, so
+    /// no event after this returns is missed.
+    pub async fn subscribe(&self) -> Result<tokio::sync::mpsc::Receiver<Event>, Error> {
+        let req = request::Kind::Subscribe(SubscribeRequest {});
+        let (mut stream, mut reader, resp) =
+            tokio::time::timeout(REQUEST_TIMEOUT, self.exchange_keep("subscribe", req))
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: "subscribe",
+                    after: REQUEST_TIMEOUT,
+                })??;
+        match answer("subscribe", resp)? {
+            response::Kind::Empty(_) => {}
+            other => return Err(unexpected("subscribe", &other)),
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    next = reader.next(&mut stream, "events") => match next {
+                        Ok(Response { kind: Some(response::Kind::Event(e)), .. }) => {
+                            if tx.send(e).await.is_err() {
+                                return;
+                            }
+                        }
+                        // Anything else (a closed connection included) ends the stream.
+                        _ => return,
+                    },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn call_empty(&self, what: &'static str, kind: request::Kind) -> Result<(), Error> {
+        match self.call(what, kind, REQUEST_TIMEOUT).await? {
+            response::Kind::Empty(_) => Ok(()),
+            other => Err(unexpected(what, &other)),
+        }
+    }
+
     async fn call(
         &self,
         what: &'static str,
         kind: request::Kind,
         bound: Duration,
     ) -> Result<response::Kind, Error> {
-        let exchange = async {
-            let mut stream = connect(&self.socket).await.map_err(|e| {
-                use std::io::ErrorKind::*;
-                match e.kind() {
-                    NotFound | ConnectionRefused => Error::Gone(self.socket.clone()),
-                    _ => Error::Protocol(format!("connect {}: {e}", self.socket.display())),
-                }
-            })?;
-            let req = Request { kind: Some(kind) };
-            stream
-                .write_all(&req.encode_length_delimited_to_vec())
-                .await
-                .map_err(|e| Error::Protocol(format!("send {what}: {e}")))?;
-            read_response(&mut stream, what).await
-        };
-        let resp = tokio::time::timeout(bound, exchange)
+        let (_, resp) = tokio::time::timeout(bound, self.exchange(what, kind))
             .await
             .map_err(|_| Error::Timeout { what, after: bound })??;
-        if !resp.error.is_empty() {
-            return Err(Error::Shim(resp.error));
-        }
-        resp.kind
-            .ok_or_else(|| Error::Protocol(format!("empty answer to {what}")))
+        answer(what, resp)
+    }
+
+    /// Sends one request on a new connection and reads one answer.
+    async fn exchange(
+        &self,
+        what: &'static str,
+        kind: request::Kind,
+    ) -> Result<(UnixStream, Response), Error> {
+        let (stream, _, resp) = self.exchange_keep(what, kind).await?;
+        Ok((stream, resp))
+    }
+
+    async fn exchange_keep(
+        &self,
+        what: &'static str,
+        kind: request::Kind,
+    ) -> Result<(UnixStream, FrameReader, Response), Error> {
+        let mut stream = connect(&self.socket).await.map_err(|e| {
+            use std::io::ErrorKind::*;
+            match e.kind() {
+                NotFound | ConnectionRefused => Error::Gone(self.socket.clone()),
+                _ => Error::Protocol(format!("connect {}: {e}", self.socket.display())),
+            }
+        })?;
+        let req = Request { kind: Some(kind) };
+        stream
+            .write_all(&req.encode_length_delimited_to_vec())
+            .await
+            .map_err(|e| Error::Protocol(format!("send {what}: {e}")))?;
+        let mut reader = FrameReader::default();
+        let resp = reader.next(&mut stream, what).await?;
+        Ok((stream, reader, resp))
     }
 }
 
-async fn read_response(stream: &mut UnixStream, what: &str) -> Result<Response, Error> {
-    let mut buf = Vec::with_capacity(64);
-    let mut chunk = [0u8; 512];
-    loop {
-        match framing::split(&buf) {
-            Frame::Complete { header, len } => {
-                return Response::decode(&buf[header..header + len])
-                    .map_err(|e| Error::Protocol(format!("bad answer to {what}: {e}")));
+/// The answer's payload, or its error as the variant its kind says.
+fn answer(what: &str, resp: Response) -> Result<response::Kind, Error> {
+    if !resp.error.is_empty() {
+        return Err(match ErrorKind::try_from(resp.error_kind) {
+            Ok(ErrorKind::NotFound) => Error::NotFound(resp.error),
+            Ok(ErrorKind::FailedPrecondition) => Error::FailedPrecondition(resp.error),
+            Ok(ErrorKind::InvalidArgument) => Error::InvalidArgument(resp.error),
+            _ => Error::Shim(resp.error),
+        });
+    }
+    resp.kind
+        .ok_or_else(|| Error::Protocol(format!("empty answer to {what}")))
+}
+
+fn unexpected(what: &str, kind: &response::Kind) -> Error {
+    Error::Protocol(format!("{what} answered with {kind:?}"))
+}
+
+/// Reads length-delimited Responses from a stream, keeping what follows one.
+#[derive(Default)]
+struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    async fn next(&mut self, stream: &mut UnixStream, what: &str) -> Result<Response, Error> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match framing::split(&self.buf) {
+                Frame::Complete { header, len } => {
+                    let resp = Response::decode(&self.buf[header..header + len])
+                        .map_err(|e| Error::Protocol(format!("bad answer to {what}: {e}")));
+                    self.buf.drain(..header + len);
+                    return resp;
+                }
+                Frame::Invalid(e) => {
+                    return Err(Error::Protocol(format!("bad answer to {what}: {e}")));
+                }
+                Frame::Incomplete => {}
             }
-            Frame::Invalid(e) => {
-                return Err(Error::Protocol(format!("bad answer to {what}: {e}")));
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| Error::Protocol(format!("read answer to {what}: {e}")))?;
+            if n == 0 {
+                return Err(Error::Protocol(format!(
+                    "the shim closed the connection without answering {what}"
+                )));
             }
-            Frame::Incomplete => {}
+            self.buf.extend_from_slice(&chunk[..n]);
         }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| Error::Protocol(format!("read answer to {what}: {e}")))?;
-        if n == 0 {
-            return Err(Error::Protocol(format!(
-                "the shim closed the connection without answering {what}"
-            )));
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -3,9 +3,10 @@
 //! in a byte buffer that is filled a piece at a time, for the shim's poll loop and the
 //! daemon's client alike.
 
-/// Largest message either side accepts. Requests and answers are tiny; anything bigger is
-/// a garbled stream.
-pub const MAX_MESSAGE: usize = 1 << 20;
+/// Largest message either side accepts: an ExecSync answer with both outputs at their
+/// limit (`exec::MAX_OUTPUT`, 8 MiB each) and some room; anything bigger is a garbled
+/// stream. Other messages are tiny.
+pub const MAX_MESSAGE: usize = (16 << 20) + (64 << 10);
 
 /// What the start of a buffer holds.
 #[derive(Debug, PartialEq, Eq)]
@@ -69,9 +70,9 @@ mod tests {
             }
         );
         assert!(matches!(split(&[0xff; 10]), Frame::Invalid(_)));
-        // 2^21 > MAX_MESSAGE
+        // 2^28 > MAX_MESSAGE
         assert!(matches!(
-            split(&[0x80, 0x80, 0x80, 0x01]),
+            split(&[0x80, 0x80, 0x80, 0x80, 0x01]),
             Frame::Invalid(_)
         ));
 

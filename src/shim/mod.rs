@@ -2,13 +2,31 @@
 //!
 //! - `server`: the shim process itself (single-threaded, no async runtime), with `init`
 //!   (its fork code and the pod's PID 1) and `sysctl` (which pod sysctls are allowed);
+//! - `containers`: the pod's containers with youki's libcontainer, `exec` (ExecSync),
+//!   `workload` (what runs in a container's process before its program), `logs` (the CRI
+//!   log format), `exits` (exit records on disk, which berthd reads too), `memory` (giving memory back
+//!   between requests);
 //! - `client`: what berthd uses to start a shim and talk to it;
 //! - `framing`: message boundaries of the protocol in `proto/shim.proto`.
 
+/// One line to the shim's log (its stderr, `<state_dir>/shim.log` once detached).
+macro_rules! log {
+    ($($arg:tt)*) => {
+        $crate::shim::server::log_line(format_args!($($arg)*))
+    };
+}
+
 pub mod client;
+mod containers;
+mod exec;
+pub mod exits;
 pub mod framing;
 mod init;
+pub mod logs;
+mod memory;
 pub mod server;
 pub mod sysctl;
+mod workload;
 
 pub use client::{Error, ShimClient, shim_alive, spawn};
+pub use exits::ExitRecord;

@@ -30,13 +30,15 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 use prost::Message;
 
+use super::containers::{Failure, Runtime, Source};
 use super::framing::{self, Frame};
 use super::init::{self, Init};
+use super::memory;
 use super::sysctl;
 use crate::network::netlink;
 use crate::proto::shim::{
-    NamespaceMode, PingResponse, Request, Response, SandboxConfig, ShutdownResponse, request,
-    response,
+    CreateContainerResponse, Empty, NamespaceMode, PingResponse, Request, Response, SandboxConfig,
+    ShutdownResponse, request, response,
 };
 use crate::sandbox::namespaces::{self, Namespace};
 
@@ -48,6 +50,9 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 32;
 /// How often the loop wakes up with nothing to do, to check its state directory.
 const TICK: Duration = Duration::from_secs(30);
+/// How long the loop must have been idle after container work before it gives memory
+/// back (see `memory::trim`).
+const TRIM_IDLE: Duration = Duration::from_millis(200);
 
 /// The shim's socket, in the pod's state directory.
 pub const SOCKET_NAME: &str = "shim.sock";
@@ -61,13 +66,6 @@ pub fn pid_path(state_dir: &Path) -> PathBuf {
 }
 pub fn log_path(state_dir: &Path) -> PathBuf {
     state_dir.join("shim.log")
-}
-
-/// One line to the shim's log (its stderr, `<state_dir>/shim.log` once detached).
-macro_rules! log {
-    ($($arg:tt)*) => {
-        $crate::shim::server::log_line(format_args!($($arg)*))
-    };
 }
 
 #[doc(hidden)]
@@ -90,7 +88,7 @@ pub fn log_line(args: std::fmt::Arguments<'_>) {
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -246,6 +244,7 @@ fn wait_ready(child: Pid, r: OwnedFd) -> ExitCode {
 /// The detached shim (the forked child).
 fn run(config: SandboxConfig, plan: Plan, ready: OwnedFd) -> ExitCode {
     let mut ready = std::fs::File::from(ready);
+    let rt = Runtime::new(&plan.state_dir);
     let mut shim = Shim {
         pod_id: config.pod_id,
         plan,
@@ -253,8 +252,11 @@ fn run(config: SandboxConfig, plan: Plan, ready: OwnedFd) -> ExitCode {
         sigfd: None,
         listener: None,
         conns: Vec::new(),
-        shutting_down: false,
+        next_conn: 0,
+        rt,
+        stopping: None,
         dir_missing: false,
+        trim_at: None,
     };
     match shim.start() {
         Ok(()) => {
@@ -272,9 +274,83 @@ fn run(config: SandboxConfig, plan: Plan, ready: OwnedFd) -> ExitCode {
     }
 }
 
+/// Bytes a subscriber may leave unread before it is dropped.
+const MAX_QUEUED_EVENTS: usize = 1 << 20;
+
 struct Conn {
+    id: u64,
     stream: UnixStream,
     buf: Vec<u8>,
+    /// Answers not yet written (the socket was full), from `out_pos` on.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Gets events (SubscribeRequest).
+    subscriber: bool,
+    /// An ExecSync of this connection runs: its later requests wait for the answer.
+    busy: bool,
+    /// Hung up or broken: removed at the end of the loop's round.
+    closed: bool,
+}
+
+impl Conn {
+    fn queue(&mut self, resp: &Response) {
+        if self.closed {
+            return;
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+        resp.encode_length_delimited(&mut self.out)
+            .expect("a Vec grows");
+        self.flush();
+    }
+
+    fn pending(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
+    /// Writes what the socket takes now.
+    fn flush(&mut self) {
+        while self.pending() {
+            match (&self.stream).write(&self.out[self.out_pos..]) {
+                Ok(0) => {
+                    self.closed = true;
+                    break;
+                }
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        if !self.pending() {
+            self.out = Vec::new();
+            self.out_pos = 0;
+        }
+    }
+
+    /// Writes what is queued, waiting up to a second (the shim's last answer).
+    fn flush_blocking(&mut self) {
+        let _ = self.stream.set_nonblocking(false);
+        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(1)));
+        if self.pending() {
+            let _ = (&self.stream).write_all(&self.out[self.out_pos..]);
+        }
+    }
+}
+
+/// The shutdown under way.
+struct Stopping {
+    /// The connection that asked for it (it gets the answer); None after a signal.
+    reply_to: Option<u64>,
+    /// SIGTERM was sent to the containers and execs; SIGKILL goes to everything at
+    /// `deadline`, or once they are all gone.
+    killing: bool,
+    deadline: Instant,
 }
 
 struct Shim {
@@ -284,13 +360,46 @@ struct Shim {
     sigfd: Option<SignalFd>,
     listener: Option<UnixListener>,
     conns: Vec<Conn>,
-    shutting_down: bool,
+    next_conn: u64,
+    rt: Runtime,
+    stopping: Option<Stopping>,
     dir_missing: bool,
+    /// When to give memory back, once the loop is idle (see `memory::trim`).
+    trim_at: Option<Instant>,
 }
 
 enum After {
     Continue,
     Exit,
+}
+
+/// What the loop polls, by position in the poll set.
+#[derive(Clone, Copy)]
+enum Token {
+    Signals,
+    Listener,
+    Conn(usize),
+    Runtime(Source),
+}
+
+fn ok(kind: response::Kind) -> Response {
+    Response {
+        error: String::new(),
+        error_kind: 0,
+        kind: Some(kind),
+    }
+}
+
+fn failed(f: Failure) -> Response {
+    Response {
+        error: f.message,
+        error_kind: f.kind as i32,
+        kind: None,
+    }
+}
+
+fn empty() -> Response {
+    ok(response::Kind::Empty(Empty {}))
 }
 
 impl Shim {
@@ -347,6 +456,12 @@ impl Shim {
             namespaces::pin_own(&dir, ns).map_err(|e| e.to_string())?;
         }
         if self.plan.pid_ns {
+            // The shim's own PID namespace, to return to once the init is made: the
+            // processes libcontainer forks for containers and execs must see host pids
+            // (it reports the pids its intermediate process sees), and containers join
+            // the pod's namespace through its pin, as the spec says.
+            let host_pid_ns = std::fs::File::open("/proc/self/ns/pid")
+                .map_err(|e| format!("open /proc/self/ns/pid: {e}"))?;
             namespaces::unshare(&[Namespace::Pid]).map_err(|e| e.to_string())?;
             let init = init::spawn()?;
             let pid = init.pid;
@@ -356,6 +471,8 @@ impl Shim {
                 &namespaces::ns_paths(&dir).pid,
             )
             .map_err(|e| e.to_string())?;
+            nix::sched::setns(host_pid_ns, nix::sched::CloneFlags::CLONE_NEWPID)
+                .map_err(|e| format!("setns back to the shim's PID namespace: {e}"))?;
         }
 
         let sock = socket_path(&dir);
@@ -417,6 +534,7 @@ impl Shim {
                 _ => {}
             }
         }
+        let _ = std::fs::remove_dir(self.rt.lc_root());
         problems
     }
 
@@ -425,18 +543,55 @@ impl Shim {
     }
 
     fn serve(mut self) -> ExitCode {
+        self.trim_at = Some(Instant::now() + TRIM_IDLE);
         loop {
-            let mut ready: Vec<(usize, PollFlags)> = Vec::new();
-            {
-                let sigfd = self.sigfd.as_ref().expect("signalfd");
-                let listener = self.listener.as_ref().expect("listener");
-                let mut fds = Vec::with_capacity(2 + self.conns.len());
-                fds.push(PollFd::new(sigfd.as_fd(), PollFlags::POLLIN));
-                fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
-                for c in &self.conns {
-                    fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+            let now = Instant::now();
+            let mut wake = now + TICK;
+            if let Some(t) = self.trim_at {
+                if now >= t {
+                    memory::trim();
+                    self.trim_at = None;
+                } else {
+                    wake = wake.min(t);
                 }
-                let timeout = PollTimeout::try_from(TICK).unwrap_or(PollTimeout::NONE);
+            }
+            if let Some(d) = self.rt.check_deadlines(now) {
+                wake = wake.min(d);
+            }
+            if let Some(s) = &self.stopping {
+                // Orphans may still be arriving: look at the children often.
+                wake = wake.min(s.deadline).min(now + Duration::from_millis(100));
+            }
+            let timeout = PollTimeout::try_from(wake.saturating_duration_since(now))
+                .unwrap_or(PollTimeout::NONE);
+
+            let mut ready: Vec<(Token, PollFlags)> = Vec::new();
+            {
+                let mut fds = Vec::with_capacity(2 + self.conns.len());
+                let mut tokens = Vec::with_capacity(fds.capacity());
+                fds.push(PollFd::new(
+                    self.sigfd.as_ref().expect("signalfd").as_fd(),
+                    PollFlags::POLLIN,
+                ));
+                tokens.push(Token::Signals);
+                if let Some(l) = &self.listener {
+                    fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+                    tokens.push(Token::Listener);
+                }
+                for (i, c) in self.conns.iter().enumerate() {
+                    let mut ev = PollFlags::POLLIN;
+                    if c.pending() {
+                        ev |= PollFlags::POLLOUT;
+                    }
+                    fds.push(PollFd::new(c.stream.as_fd(), ev));
+                    tokens.push(Token::Conn(i));
+                }
+                let mut rt_fds = Vec::new();
+                self.rt.poll_fds(&mut rt_fds);
+                for (fd, src) in rt_fds {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                    tokens.push(Token::Runtime(src));
+                }
                 match nix::poll::poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(e) => {
@@ -444,28 +599,44 @@ impl Shim {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
-                for (i, fd) in fds.iter().enumerate() {
+                for (fd, tok) in fds.iter().zip(tokens) {
                     if let Some(f) = fd.revents().filter(|f| !f.is_empty()) {
-                        ready.push((i, f));
+                        ready.push((tok, f));
                     }
                 }
             }
             self.check_state_dir();
-            // Connections from the back so that removing one keeps the others' indices.
-            for &(i, flags) in ready.iter().rev() {
-                match i {
-                    0 => {
-                        if let After::Exit = self.on_signals() {
-                            return ExitCode::SUCCESS;
-                        }
-                    }
-                    1 => self.accept(),
-                    _ => {
-                        if let After::Exit = self.on_conn(i - 2, flags) {
-                            return ExitCode::SUCCESS;
-                        }
-                    }
+
+            // Output first, so that what a process wrote before it exited is in the log
+            // before its exit is recorded.
+            for &(tok, _) in &ready {
+                if let Token::Runtime(src) = tok {
+                    self.rt.on_ready(src);
                 }
+            }
+            if ready.iter().any(|(t, _)| matches!(t, Token::Signals)) {
+                self.on_signals();
+            }
+            self.answer_execs();
+            if ready.iter().any(|(t, _)| matches!(t, Token::Listener)) {
+                self.accept();
+            }
+            for &(tok, flags) in &ready {
+                if let Token::Conn(i) = tok {
+                    self.on_conn(i, flags);
+                }
+            }
+            self.send_events();
+            self.conns.retain(|c| !c.closed);
+            if ready
+                .iter()
+                .any(|(t, _)| !matches!(t, Token::Listener | Token::Runtime(_)))
+            {
+                // A request or an exit: container work may have run.
+                self.trim_at = Some(Instant::now() + TRIM_IDLE);
+            }
+            if let After::Exit = self.advance_stop() {
+                return ExitCode::SUCCESS;
             }
         }
     }
@@ -482,7 +653,7 @@ impl Shim {
         self.dir_missing = missing;
     }
 
-    fn on_signals(&mut self) -> After {
+    fn on_signals(&mut self) {
         let mut shutdown = false;
         while let Ok(Some(info)) = self.sigfd.as_ref().expect("signalfd").read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
@@ -494,26 +665,23 @@ impl Shim {
         }
         // SIGCHLDs coalesce: reap whatever there is, whatever signal woke us.
         self.reap();
-        if shutdown {
+        if shutdown && self.stopping.is_none() {
             log!("pod {}: shutting down on signal", self.pod_id);
-            for p in self.shutdown(DEFAULT_SHUTDOWN_TIMEOUT) {
-                log!("pod {}: {p}", self.pod_id);
-            }
-            return After::Exit;
+            self.begin_stop(DEFAULT_SHUTDOWN_TIMEOUT, None);
         }
-        After::Continue
     }
 
-    /// Reaps every exited child (the shim is the subreaper: orphans of the pod come here).
-    /// Returns false once the shim has no children left.
+    /// Reaps every exited child (the shim is the subreaper: orphans of the pod come here)
+    /// and hands the containers' and execs' exits to the runtime. Returns false once the
+    /// shim has no children left.
     fn reap(&mut self) -> bool {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => return true,
                 Ok(status) => {
-                    let pid = status.pid();
-                    if pid.is_some() && pid == self.init.as_ref().map(|i| i.pid) {
-                        if !self.shutting_down {
+                    let Some(pid) = status.pid() else { continue };
+                    if Some(pid) == self.init.as_ref().map(|i| i.pid) {
+                        if self.stopping.is_none() {
                             log!(
                                 "pod {}: pod init {} exited unexpectedly: {status:?}",
                                 self.pod_id,
@@ -521,7 +689,7 @@ impl Shim {
                             );
                         }
                         self.init = None;
-                    } else if !self.shutting_down {
+                    } else if !self.rt.on_exit(pid, &status) && self.stopping.is_none() {
                         log!("pod {}: reaped {status:?}", self.pod_id);
                     }
                 }
@@ -547,9 +715,16 @@ impl Shim {
                         continue;
                     }
                     if stream.set_nonblocking(true).is_ok() {
+                        self.next_conn += 1;
                         self.conns.push(Conn {
+                            id: self.next_conn,
                             stream,
                             buf: Vec::new(),
+                            out: Vec::new(),
+                            out_pos: 0,
+                            subscriber: false,
+                            busy: false,
+                            closed: false,
                         });
                     }
                 }
@@ -563,21 +738,27 @@ impl Shim {
         }
     }
 
-    fn on_conn(&mut self, idx: usize, flags: PollFlags) -> After {
-        let mut chunk = [0u8; 1024];
-        let mut close = false;
+    fn on_conn(&mut self, idx: usize, flags: PollFlags) {
+        let mut chunk = [0u8; 4096];
         let conn = &mut self.conns[idx];
+        if conn.closed {
+            return;
+        }
+        if flags.contains(PollFlags::POLLOUT) {
+            conn.flush();
+        }
+        let mut hung_up = false;
         loop {
             match conn.stream.read(&mut chunk) {
                 Ok(0) => {
-                    close = true;
+                    hung_up = true;
                     break;
                 }
                 Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    close = true;
+                    hung_up = true;
                     break;
                 }
             }
@@ -586,152 +767,236 @@ impl Shim {
             }
         }
         if flags.intersects(PollFlags::POLLERR | PollFlags::POLLNVAL) {
-            close = true;
+            hung_up = true;
         }
-        // Answer every whole request received, in order.
+        self.serve_requests(idx);
+        if hung_up {
+            self.conns[idx].closed = true;
+        }
+    }
+
+    /// Answers every whole request received on connection `idx`, in order, unless one
+    /// of its requests is still running.
+    fn serve_requests(&mut self, idx: usize) {
         loop {
             let conn = &mut self.conns[idx];
+            if conn.busy || conn.closed {
+                return;
+            }
             match framing::split(&conn.buf) {
-                Frame::Incomplete => break,
+                Frame::Incomplete => return,
                 Frame::Invalid(e) => {
-                    let resp = Response {
-                        error: format!("garbled request: {e}"),
-                        error_kind: 0,
-                        kind: None,
-                    };
-                    send(&conn.stream, &resp);
-                    close = true;
-                    break;
+                    conn.queue(&failed(Failure::internal(format!("garbled request: {e}"))));
+                    conn.buf.clear();
+                    conn.flush_blocking();
+                    conn.closed = true;
+                    return;
                 }
                 Frame::Complete { header, len } => {
                     let body: Vec<u8> = conn.buf.drain(..header + len).skip(header).collect();
-                    let (resp, after) = self.handle(&body);
-                    send(&self.conns[idx].stream, &resp);
-                    if let After::Exit = after {
-                        return After::Exit;
+                    if conn.buf.is_empty() {
+                        conn.buf = Vec::new();
+                    }
+                    if let Some(resp) = self.handle(idx, &body) {
+                        self.conns[idx].queue(&resp);
                     }
                 }
             }
         }
-        if close {
-            self.conns.swap_remove(idx);
-        }
-        After::Continue
     }
 
-    fn handle(&mut self, body: &[u8]) -> (Response, After) {
+    /// The answer to one request, or None when it comes later (ExecSync, Shutdown).
+    fn handle(&mut self, idx: usize, body: &[u8]) -> Option<Response> {
         let req = match Request::decode(body) {
             Ok(r) => r,
-            Err(e) => {
-                return (
-                    Response {
-                        error: format!("garbled request: {e}"),
-                        error_kind: 0,
-                        kind: None,
-                    },
-                    After::Continue,
-                );
-            }
+            Err(e) => return Some(failed(Failure::internal(format!("garbled request: {e}")))),
         };
-        match req.kind {
-            Some(request::Kind::Ping(_)) => (
-                Response {
-                    error: String::new(),
-                    error_kind: 0,
-                    kind: Some(response::Kind::Ping(PingResponse {
-                        pid: std::process::id(),
-                        init_pid: self.init_pid(),
-                    })),
-                },
-                After::Continue,
-            ),
+        let stopping = self.stopping.is_some();
+        let refuse = || {
+            failed(Failure::precondition(
+                "the pod's shim is shutting down".to_string(),
+            ))
+        };
+        let result = |r: Result<(), Failure>| r.map_or_else(failed, |()| empty());
+        Some(match req.kind {
+            Some(request::Kind::Ping(_)) => ok(response::Kind::Ping(PingResponse {
+                pid: std::process::id(),
+                init_pid: self.init_pid(),
+            })),
             Some(request::Kind::Shutdown(s)) => {
                 let timeout = Duration::from_millis(u64::from(s.timeout_ms));
                 log!("pod {}: shutdown requested ({timeout:?})", self.pod_id);
-                let problems = self.shutdown(timeout);
-                for p in &problems {
-                    log!("pod {}: {p}", self.pod_id);
-                }
-                (
-                    Response {
-                        error: problems.join("; "),
-                        error_kind: 0,
-                        kind: Some(response::Kind::Shutdown(ShutdownResponse {})),
-                    },
-                    After::Exit,
-                )
+                let id = self.conns[idx].id;
+                self.begin_stop(timeout, Some(id));
+                return None;
             }
-            Some(_) | None => (
-                Response {
-                    error: "unknown request".into(),
-                    error_kind: 0,
-                    kind: None,
-                },
-                After::Continue,
-            ),
+            Some(request::Kind::CreateContainer(_)) if stopping => refuse(),
+            Some(request::Kind::CreateContainer(c)) => {
+                let (id, bundle) = (c.id.clone(), c.bundle.clone());
+                match self.rt.create(c) {
+                    Ok(pid) => {
+                        log!("container {id}: created from {bundle}, init {pid}");
+                        ok(response::Kind::CreateContainer(CreateContainerResponse {
+                            pid,
+                        }))
+                    }
+                    Err(f) => {
+                        log!("container {id}: create failed: {}", f.message);
+                        failed(f)
+                    }
+                }
+            }
+            Some(request::Kind::StartContainer(_)) if stopping => refuse(),
+            Some(request::Kind::StartContainer(s)) => {
+                let r = self.rt.start(&s.id);
+                if let Err(f) = &r {
+                    log!("container {}: start failed: {}", s.id, f.message);
+                }
+                result(r)
+            }
+            Some(request::Kind::KillContainer(k)) => result(self.rt.kill(&k.id, k.signal, k.all)),
+            Some(request::Kind::DeleteContainer(d)) => {
+                let r = self.rt.delete(&d.id);
+                if let Err(f) = &r {
+                    log!("container {}: delete failed: {}", d.id, f.message);
+                }
+                result(r)
+            }
+            Some(request::Kind::ContainerState(s)) => self
+                .rt
+                .state(&s.id)
+                .map_or_else(failed, |st| ok(response::Kind::ContainerState(st))),
+            Some(request::Kind::ExecSync(_)) if stopping => refuse(),
+            Some(request::Kind::ExecSync(e)) => {
+                let conn = self.conns[idx].id;
+                match self.rt.exec(conn, e) {
+                    Ok(()) => {
+                        self.conns[idx].busy = true;
+                        return None;
+                    }
+                    Err(f) => failed(f),
+                }
+            }
+            Some(request::Kind::ReopenLog(r)) => result(self.rt.reopen_log(&r.id)),
+            Some(request::Kind::Subscribe(_)) => {
+                // The empty answer says that events from now on will come.
+                self.conns[idx].subscriber = true;
+                empty()
+            }
+            None => failed(Failure::internal("unknown request")),
+        })
+    }
+
+    /// Sends the answers of the execs that are done.
+    fn answer_execs(&mut self) {
+        for (conn, resp) in self.rt.finished_execs(Instant::now()) {
+            let Some(idx) = self.conns.iter().position(|c| c.id == conn) else {
+                continue;
+            };
+            self.conns[idx].busy = false;
+            self.conns[idx].queue(&ok(response::Kind::ExecSync(resp)));
+            // Requests that arrived meanwhile.
+            self.serve_requests(idx);
         }
     }
 
-    /// SIGTERM to every child of the shim (the init included), SIGKILL to what is left
-    /// after `timeout`, reap them all, then release the pins and files. Returns what could
-    /// not be done.
-    fn shutdown(&mut self, timeout: Duration) -> Vec<String> {
-        self.shutting_down = true;
-        let mut problems = Vec::new();
+    fn send_events(&mut self) {
+        if self.rt.events.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.rt.events);
+        for c in self.conns.iter_mut().filter(|c| c.subscriber && !c.closed) {
+            for e in &events {
+                c.queue(&ok(response::Kind::Event(e.clone())));
+            }
+            if c.out.len() - c.out_pos > MAX_QUEUED_EVENTS {
+                log!(
+                    "pod {}: dropping a subscriber that does not read",
+                    self.pod_id
+                );
+                c.closed = true;
+            }
+        }
+    }
+
+    /// Starts stopping everything (answered, for `reply_to`, once done): SIGTERM to the
+    /// containers, execs and other processes of the pod but the init; SIGKILL to all
+    /// (through the containers' cgroups too) after `timeout` or once the containers are
+    /// gone; then the containers are deleted, the namespaces unpinned and the shim exits.
+    fn begin_stop(&mut self, timeout: Duration, reply_to: Option<u64>) {
+        if let Some(s) = &mut self.stopping {
+            if s.reply_to.is_none() {
+                s.reply_to = reply_to;
+            }
+            return;
+        }
         // New connections would only wait for an answer that never comes.
         self.listener = None;
         let _ = std::fs::remove_file(socket_path(self.state_dir()));
+        self.rt.terminate_all();
+        let init = self.init.as_ref().map(|i| i.pid);
+        for pid in children() {
+            if Some(pid) != init {
+                let _ = kill(pid, Signal::SIGTERM);
+            }
+        }
+        self.stopping = Some(Stopping {
+            reply_to,
+            killing: false,
+            deadline: Instant::now() + timeout,
+        });
+    }
 
-        signal_children(Signal::SIGTERM);
-        let mut left = self.wait_children(Instant::now() + timeout);
+    fn advance_stop(&mut self) -> After {
+        let Some(s) = self.stopping.as_mut() else {
+            return After::Continue;
+        };
+        let now = Instant::now();
+        if !s.killing {
+            let init = self.init.as_ref().map(|i| i.pid);
+            let others_left = children().into_iter().any(|p| Some(p) != init);
+            if others_left && now < s.deadline {
+                return After::Continue;
+            }
+            s.killing = true;
+            s.deadline = now + KILL_GRACE;
+            self.rt.kill_all();
+            signal_children(Signal::SIGKILL);
+        }
+        // Orphans may still be arriving: look the children up each round.
+        let left = self.reap();
+        let s = self.stopping.as_ref().expect("stopping");
+        if left && now < s.deadline {
+            signal_children(Signal::SIGKILL);
+            return After::Continue;
+        }
+        let mut problems = Vec::new();
         if left {
-            let deadline = Instant::now() + KILL_GRACE;
-            while left && Instant::now() < deadline {
-                // Orphans may still be arriving: look the children up each round.
-                signal_children(Signal::SIGKILL);
-                left =
-                    self.wait_children((Instant::now() + Duration::from_millis(100)).min(deadline));
-            }
-            if left {
-                problems.push(format!(
-                    "processes still running after SIGKILL: {:?}",
-                    children()
-                ));
-            }
+            problems.push(format!(
+                "processes still running after SIGKILL: {:?}",
+                children()
+            ));
         }
+        self.answer_execs();
+        self.send_events();
+        problems.extend(self.rt.delete_all());
         problems.extend(self.release());
-        problems
-    }
-
-    /// Reaps children until none is left (returns false) or `deadline` (returns true).
-    fn wait_children(&mut self, deadline: Instant) -> bool {
-        loop {
-            if !self.reap() {
-                return false;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return true;
-            }
-            let sigfd = self.sigfd.as_ref().expect("signalfd");
-            let wait = (deadline - now).min(Duration::from_millis(200));
-            let mut fds = [PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
-            let _ = nix::poll::poll(
-                &mut fds,
-                PollTimeout::try_from(wait).unwrap_or(PollTimeout::ZERO),
-            );
-            while let Ok(Some(_)) = sigfd.read_signal() {}
+        for p in &problems {
+            log!("pod {}: {p}", self.pod_id);
         }
+        let reply_to = self.stopping.as_ref().and_then(|s| s.reply_to);
+        for c in &mut self.conns {
+            if Some(c.id) == reply_to {
+                c.queue(&Response {
+                    error: problems.join("; "),
+                    error_kind: 0,
+                    kind: Some(response::Kind::Shutdown(ShutdownResponse {})),
+                });
+            }
+            c.flush_blocking();
+        }
+        After::Exit
     }
-}
-
-/// Writes one answer; a client that does not read it within a second loses it.
-fn send(stream: &UnixStream, resp: &Response) {
-    let bytes = resp.encode_length_delimited_to_vec();
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = (&*stream).write_all(&bytes);
-    let _ = stream.set_nonblocking(true);
 }
 
 /// Pids of the shim's children (its own and the orphans it adopted).

@@ -180,8 +180,9 @@ impl Db {
         Ok(Some(removed))
     }
 
-    /// Drops layer records that no image references and that are not in `keep`; start-up
-    /// clean-up after a crash between unpacking and committing an image.
+    /// Drops layer records that no image or container references and that are not in
+    /// `keep`: start-up clean-up after a crash between unpacking and committing an image,
+    /// and the layers of removed images that a removed container held last.
     pub fn collect_layers(&self, keep: &HashSet<String>) -> Result<Vec<LayerRecord>> {
         let tx = self.write()?;
         let freed = {
@@ -208,6 +209,7 @@ fn free_layers(
     keep: &HashSet<String>,
 ) -> Result<Vec<LayerRecord>> {
     let mut used: HashSet<String> = keep.clone();
+    used.extend(super::containers::held_layers(tx)?);
     for row in images.iter()? {
         let (k, v) = row?;
         let rec: ImageRecord = decode("images", k.value(), v.value())?;

@@ -1,6 +1,7 @@
 //! The metadata DB: one redb file under the root. What the DB says is the truth; disk
 //! content that the DB does not reference is garbage that start-up clean-up removes.
 
+pub mod containers;
 pub mod images;
 pub mod pods;
 
@@ -65,6 +66,7 @@ impl Db {
         let tx = self.db.begin_write()?;
         images::create_tables(&tx)?;
         pods::create_tables(&tx)?;
+        containers::create_tables(&tx)?;
         tx.commit()?;
         Ok(())
     }

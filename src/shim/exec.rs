@@ -1,0 +1,209 @@
+//! ExecSync: a command run in a running container with libcontainer's tenant builder,
+//! its output collected by the shim's poll loop.
+//!
+//! The command gets the container's process settings (user, groups, capabilities,
+//! environment, working directory, rlimits, no_new_privileges, …): the spec's `process`
+//! with `args` replaced, handed to libcontainer as a process.json. It joins the
+//! container's namespaces and cgroup. The request stays pending while it runs; it is
+//! answered once the process has been reaped and its pipes reached EOF (or
+//! [`IO_GRACE`] after its exit, when a process it left behind holds them). When the
+//! timeout passes the process is killed with SIGKILL and the answer, once it is reaped,
+//! says `timed_out` with whatever output arrived.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+use super::containers::{
+    Failure, OomScoreGuard, dev_null, error_chain, exit_code, pipe, set_nonblocking,
+};
+use super::workload::BerthExecutor;
+use crate::proto::shim::ExecSyncResponse;
+
+/// How long the output may take to reach EOF after the process exited.
+pub const IO_GRACE: Duration = Duration::from_secs(1);
+/// Most output kept per stream; the rest is read and dropped. Both streams together fit
+/// in one message of the protocol (`framing::MAX_MESSAGE`).
+pub const MAX_OUTPUT: usize = 8 << 20;
+
+pub struct Exec {
+    /// The connection that waits for the answer.
+    pub conn: u64,
+    pub pid: Pid,
+    deadline: Option<Instant>,
+    pipes: [Option<OwnedFd>; 2],
+    output: [Vec<u8>; 2],
+    exit: Option<i32>,
+    exited_at: Option<Instant>,
+    timed_out: bool,
+}
+
+/// Starts `args` in container `id` (whose libcontainer state is under `lc_root` and
+/// whose spec is in `bundle`).
+pub fn spawn(
+    lc_root: &Path,
+    id: &str,
+    bundle: &Path,
+    conn: u64,
+    seq: u64,
+    args: Vec<String>,
+    timeout_ms: u32,
+) -> Result<Exec, Failure> {
+    if args.is_empty() {
+        return Err(Failure::invalid("exec: no command given"));
+    }
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        Failure::internal(format!("exec in container {id}: {what}: {e}"))
+    };
+    let spec = Spec::load(bundle.join("config.json"))
+        .map_err(|e| internal("load config.json", &error_chain(&e)))?;
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| Failure::internal(format!("container {id}: the spec has no process")))?;
+    process
+        .set_args(Some(args))
+        .set_terminal(Some(false))
+        .set_console_size(None);
+    let process_file = lc_root.join(id).join(format!("berth-exec-{seq}.json"));
+    let json = serde_json::to_vec(&process).map_err(|e| internal("process.json", &e))?;
+    std::fs::write(&process_file, json).map_err(|e| internal("write process.json", &e))?;
+
+    let mut pipes: [Option<OwnedFd>; 2] = [None, None];
+    let mut ends = Vec::with_capacity(2);
+    for slot in &mut pipes {
+        let (r, w) = pipe().map_err(|e| internal("pipe", &e))?;
+        set_nonblocking(&r).map_err(|e| internal("pipe", &e))?;
+        *slot = Some(r);
+        ends.push(w);
+    }
+    let stderr = ends.pop().expect("two pipes");
+    let stdout = ends.pop().expect("two pipes");
+    let stdin = dev_null(false).map_err(|e| internal("/dev/null", &e))?;
+
+    let built = {
+        let _oom = OomScoreGuard::save();
+        ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+            .with_executor(BerthExecutor)
+            .with_root_path(lc_root)
+            .map(|b| {
+                b.with_stdin(stdin)
+                    .with_stdout(stdout)
+                    .with_stderr(stderr)
+                    .as_tenant()
+                    .with_detach(true)
+                    .with_process(Some(&process_file))
+            })
+            .and_then(|b| b.build())
+    };
+    let _ = std::fs::remove_file(&process_file);
+    let pid = built.map_err(|e| Failure::libcontainer(&format!("exec in container {id}"), &e))?;
+    Ok(Exec {
+        conn,
+        pid,
+        deadline: (timeout_ms > 0)
+            .then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms))),
+        pipes,
+        output: [Vec::new(), Vec::new()],
+        exit: None,
+        exited_at: None,
+        timed_out: false,
+    })
+}
+
+impl Exec {
+    pub fn pipes(&self) -> impl Iterator<Item = (usize, BorrowedFd<'_>)> {
+        self.pipes
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, p)| p.as_ref().map(|fd| (slot, fd.as_fd())))
+    }
+
+    /// Reads what pipe `slot` has, up to `budget` bytes.
+    pub fn pump(&mut self, slot: usize, budget: usize) {
+        let mut chunk = [0u8; 16 * 1024];
+        let mut total = 0;
+        while total < budget {
+            let Some(fd) = self.pipes[slot].as_ref() else {
+                return;
+            };
+            match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(fd), &mut chunk) {
+                Ok(0) => {
+                    self.pipes[slot] = None;
+                    return;
+                }
+                Ok(n) => {
+                    total += n;
+                    let keep = n.min(MAX_OUTPUT.saturating_sub(self.output[slot].len()));
+                    self.output[slot].extend_from_slice(&chunk[..keep]);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(_) => {
+                    self.pipes[slot] = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        for slot in 0..2 {
+            self.pump(slot, MAX_OUTPUT * 2);
+        }
+    }
+
+    /// The process was reaped.
+    pub fn exited(&mut self, status: &WaitStatus) {
+        self.exit = Some(exit_code(status).0);
+        self.exited_at = Some(Instant::now());
+        self.drain();
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.exit.is_some()
+    }
+
+    /// Kills the process when its time is up; returns when the loop must look again.
+    pub fn deadline(&mut self, now: Instant) -> Option<Instant> {
+        if let Some(at) = self.exited_at {
+            return (self.pipes.iter().any(Option::is_some) && !self.timed_out)
+                .then_some(at + IO_GRACE);
+        }
+        let d = self.deadline?;
+        if self.timed_out {
+            return None;
+        }
+        if now >= d {
+            self.timed_out = true;
+            let _ = kill(self.pid, Signal::SIGKILL);
+            return None;
+        }
+        Some(d)
+    }
+
+    pub fn is_done(&self, now: Instant) -> bool {
+        let Some(at) = self.exited_at else {
+            return false;
+        };
+        self.timed_out || self.pipes.iter().all(Option::is_none) || now >= at + IO_GRACE
+    }
+
+    pub fn finish(mut self) -> ExecSyncResponse {
+        self.drain();
+        let [stdout, stderr] = std::mem::take(&mut self.output);
+        ExecSyncResponse {
+            stdout,
+            stderr,
+            exit_code: self.exit.unwrap_or(-1),
+            timed_out: self.timed_out,
+        }
+    }
+}
