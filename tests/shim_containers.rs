@@ -536,7 +536,7 @@ async fn lifecycle_events_signals_exec_and_delete() {
             vec![
                 "sh".into(),
                 "-c".into(),
-                "echo before; exec sleep 3737".into(),
+                "echo before; sleep 3737; true".into(),
             ],
             Duration::from_millis(500),
         )
@@ -1034,6 +1034,12 @@ async fn shim_memory_with_one_container() {
                 "exec true after {idle} ms idle: p50 {:?} max {:?}",
                 times[5], times[9]
             );
+        }
+        for idle in [0u64, 300] {
+            tokio::time::sleep(Duration::from_millis(idle)).await;
+            let t = Instant::now();
+            client.ping().await.unwrap();
+            eprintln!("ping after {idle} ms idle: {:?}", t.elapsed());
         }
     }
     let kb: u64 = rss.trim_end_matches(" kB").trim().parse().unwrap();

@@ -11,8 +11,8 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use berth::config::{self, Config, LogFormat};
-use berth::cri::{self, Cri};
 use berth::container::ContainerService;
+use berth::cri::{self, Cri};
 use berth::image::ImageService;
 use berth::sandbox::SandboxService;
 use berth::store::Db;

@@ -65,8 +65,12 @@ fn spec_err(e: spec::SpecError) -> Error {
 fn shim_err(id: &str, what: &str, e: shim::Error) -> Error {
     match e {
         shim::Error::NotFound(m) => Error::NotFound(format!("{id}: {m}")),
-        shim::Error::FailedPrecondition(m) => Error::FailedPrecondition(format!("container {id}: {what}: {m}")),
-        shim::Error::InvalidArgument(m) => Error::InvalidArgument(format!("container {id}: {what}: {m}")),
+        shim::Error::FailedPrecondition(m) => {
+            Error::FailedPrecondition(format!("container {id}: {what}: {m}"))
+        }
+        shim::Error::InvalidArgument(m) => {
+            Error::InvalidArgument(format!("container {id}: {what}: {m}"))
+        }
         other => internal(id, what, other),
     }
 }
@@ -205,10 +209,7 @@ impl ContainerService {
 
     pub fn get(&self, id: &str) -> Result<ContainerRecord> {
         let id = self.resolve(id)?;
-        self.inner
-            .db
-            .container(&id)?
-            .ok_or(Error::NotFound(id))
+        self.inner.db.container(&id)?.ok_or(Error::NotFound(id))
     }
 
     pub fn list(&self) -> Result<Vec<ContainerRecord>> {
@@ -239,7 +240,9 @@ impl ContainerService {
 
     pub async fn create(&self, pod_id: &str, config: ContainerConfig) -> Result<ContainerRecord> {
         if config.metadata.name.is_empty() {
-            return Err(Error::InvalidArgument("container metadata name is empty".into()));
+            return Err(Error::InvalidArgument(
+                "container metadata name is empty".into(),
+            ));
         }
         let pod = match self.inner.sandboxes.get(pod_id) {
             Ok(p) => p,
@@ -260,8 +263,8 @@ impl ContainerService {
             .resolve(&config.image)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?
             .ok_or_else(|| Error::ImageNotFound(config.image.clone()))?;
-        let image_config =
-            ImageConfig::from_json(&image.config).map_err(|e| internal(&image.id, "image config", e))?;
+        let image_config = ImageConfig::from_json(&image.config)
+            .map_err(|e| internal(&image.id, "image config", e))?;
 
         let id = new_id();
         let log_path = if config.log_path.is_empty() || pod.spec.log_directory.is_empty() {
@@ -277,7 +280,11 @@ impl ContainerService {
             pod_id: pod.id.clone(),
             image_name: config.image.clone(),
             image_id: image.id.clone(),
-            image_ref: image.repo_digests.first().cloned().unwrap_or_else(|| image.id.clone()),
+            image_ref: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone()),
             state: ContainerState::Creating,
             created_at: now_ns(),
             started_at: 0,
@@ -542,7 +549,11 @@ impl ContainerService {
         if st.status == sp::container_state::Status::Exited as i32 {
             rec.state = ContainerState::Exited;
             rec.exit_code = st.exit_code;
-            rec.finished_at = if st.finished_at > 0 { st.finished_at } else { now_ns() };
+            rec.finished_at = if st.finished_at > 0 {
+                st.finished_at
+            } else {
+                now_ns()
+            };
             if rec.started_at == 0 {
                 rec.started_at = st.started_at;
             }
@@ -610,7 +621,11 @@ impl ContainerService {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Err(internal(&id, "stop", "the container did not exit after SIGKILL"))
+        Err(internal(
+            &id,
+            "stop",
+            "the container did not exit after SIGKILL",
+        ))
     }
 
     /// Removes a container, killing it first if it runs. Idempotent.

@@ -5,11 +5,11 @@ pub mod capabilities;
 pub mod config;
 pub mod devices;
 pub mod host;
+pub mod lifecycle;
 pub mod mounts;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
 pub mod user;
-pub mod lifecycle;
 
 pub use lifecycle::{ContainerService, Error};

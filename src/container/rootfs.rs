@@ -45,7 +45,9 @@ pub fn mount_rootfs(lowers: &[PathBuf], l: &Layer, target: &Path) -> std::io::Re
         )));
     }
     if lowers.is_empty() {
-        return Err(std::io::Error::other("an image with no layers has no rootfs"));
+        return Err(std::io::Error::other(
+            "an image with no layers has no rootfs",
+        ));
     }
     mount(
         Some("overlay"),

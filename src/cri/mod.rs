@@ -16,10 +16,10 @@ use tonic::Status;
 pub use rpc::serve;
 
 use crate::config::Config;
+use crate::container::ContainerService;
 use crate::image::{Error as ImageError, ImageService};
 use crate::proto::runtime::v1::image_service_server::ImageServiceServer;
 use crate::proto::runtime::v1::runtime_service_server::RuntimeServiceServer;
-use crate::container::ContainerService;
 use crate::sandbox::SandboxService;
 
 /// Everything the CRI services delegate to.

@@ -18,7 +18,9 @@ impl From<ContainerError> for Status {
     fn from(e: ContainerError) -> Status {
         let msg = e.to_string();
         match e {
-            ContainerError::NotFound(_) | ContainerError::ImageNotFound(_) => Status::not_found(msg),
+            ContainerError::NotFound(_) | ContainerError::ImageNotFound(_) => {
+                Status::not_found(msg)
+            }
             ContainerError::Ambiguous(_) | ContainerError::InvalidArgument(_) => {
                 Status::invalid_argument(msg)
             }
@@ -100,7 +102,9 @@ fn mounts(c: &ContainerRecord) -> Vec<cri::Mount> {
                 Propagation::HostToContainer => {
                     cri::MountPropagation::PropagationHostToContainer as i32
                 }
-                Propagation::Bidirectional => cri::MountPropagation::PropagationBidirectional as i32,
+                Propagation::Bidirectional => {
+                    cri::MountPropagation::PropagationBidirectional as i32
+                }
             },
             recursive_read_only: m.recursive_read_only,
             ..Default::default()
@@ -233,11 +237,20 @@ impl Cri {
         let config = r
             .config
             .ok_or_else(|| Status::invalid_argument("CreateContainer without a config"))?;
-        record("image", config.image.as_ref().map(|i| i.image.as_str()).unwrap_or_default());
+        record(
+            "image",
+            config
+                .image
+                .as_ref()
+                .map(|i| i.image.as_str())
+                .unwrap_or_default(),
+        );
         let config = super::container_config::container_config(&config)?;
         let c = self.containers.create(&r.pod_sandbox_id, config).await?;
         record("container_id", &c.id);
-        Ok(Response::new(cri::CreateContainerResponse { container_id: c.id }))
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: c.id,
+        }))
     }
 
     pub(super) async fn start_container_impl(
@@ -423,10 +436,18 @@ impl Cri {
                     match rx.recv().await {
                         Ok(ev) => {
                             let kind = match ev.kind {
-                                EventKind::Created => cri::ContainerEventType::ContainerCreatedEvent,
-                                EventKind::Started => cri::ContainerEventType::ContainerStartedEvent,
-                                EventKind::Stopped => cri::ContainerEventType::ContainerStoppedEvent,
-                                EventKind::Deleted => cri::ContainerEventType::ContainerDeletedEvent,
+                                EventKind::Created => {
+                                    cri::ContainerEventType::ContainerCreatedEvent
+                                }
+                                EventKind::Started => {
+                                    cri::ContainerEventType::ContainerStartedEvent
+                                }
+                                EventKind::Stopped => {
+                                    cri::ContainerEventType::ContainerStoppedEvent
+                                }
+                                EventKind::Deleted => {
+                                    cri::ContainerEventType::ContainerDeletedEvent
+                                }
                             };
                             let pod = sandboxes
                                 .get(&ev.pod_id)
@@ -449,7 +470,10 @@ impl Cri {
                             return Some((Ok(resp), rx));
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(missed = n, "event stream client too slow; events dropped");
+                            tracing::warn!(
+                                missed = n,
+                                "event stream client too slow; events dropped"
+                            );
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                     }

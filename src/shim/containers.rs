@@ -83,12 +83,18 @@ impl Failure {
     }
 
     /// A libcontainer error about `what` (e.g. `create container abc`): the whole chain of
-    /// causes, InvalidArgument when the command cannot be run or the spec is bad.
+    /// causes, InvalidArgument when the command cannot be run or the spec is bad. A
+    /// command that cannot be run reads like runc's: `create container abc: exec: "x":
+    /// executable file not found in $PATH`.
     pub fn libcontainer(what: &str, err: &libcontainer::error::LibcontainerError) -> Failure {
         use libcontainer::error::LibcontainerError as E;
         let text = error_chain(err);
+        // A command that cannot be run: runc's message, without libcontainer's layers.
+        if let Some(i) = text.find(EXEC_ERROR) {
+            return Failure::invalid(format!("{what}: {}", &text[i..]));
+        }
         let message = format!("{what}: {text}");
-        let caller = text.contains(EXEC_ERROR)
+        let caller = text.contains("no command to run")
             || text.contains("no command to run")
             || matches!(
                 err,
@@ -535,7 +541,7 @@ impl Runtime {
         };
 
         let mut builder = ContainerBuilder::new(req.id.clone(), SyscallType::Linux)
-            .with_executor(BerthExecutor)
+            .with_executor(BerthExecutor::default())
             .with_root_path(&lc_root)
             .map_err(|e| Failure::libcontainer(&format!("create container {}", req.id), &e))?;
         let mut outputs: [Option<Output>; 2] = [None, None];

@@ -7,8 +7,8 @@
 //! container's namespaces and cgroup. The request stays pending while it runs; it is
 //! answered once the process has been reaped and its pipes reached EOF (or
 //! [`IO_GRACE`] after its exit, when a process it left behind holds them). When the
-//! timeout passes the process is killed with SIGKILL and the answer, once it is reaped,
-//! says `timed_out` with whatever output arrived.
+//! timeout passes the process and its process group are killed with SIGKILL and the
+//! answer, once it is reaped, says `timed_out` with whatever output arrived.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -91,7 +91,9 @@ pub fn spawn(
     let built = {
         let _oom = OomScoreGuard::save();
         ContainerBuilder::new(id.to_string(), SyscallType::Linux)
-            .with_executor(BerthExecutor)
+            .with_executor(BerthExecutor {
+                seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+            })
             .with_root_path(lc_root)
             .map(|b| {
                 b.with_stdin(stdin)
@@ -183,6 +185,9 @@ impl Exec {
         }
         if now >= d {
             self.timed_out = true;
+            // Its process group too (libcontainer made it a session leader): what a shell
+            // started goes with it.
+            let _ = kill(Pid::from_raw(-self.pid.as_raw()), Signal::SIGKILL);
             let _ = kill(self.pid, Signal::SIGKILL);
             return None;
         }

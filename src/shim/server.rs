@@ -8,9 +8,23 @@
 //! the child's error and exits 1), so berthd knows the shim is serving once its own child
 //! has exited, and the shim is not berthd's child.
 //!
+//! With a PID namespace of its own the pod's init is PID 1 of it, and the shim returns to
+//! its own namespace afterwards: libcontainer's processes must see host pids, and
+//! containers join the pod's namespace through its pin (`<state_dir>/ns/pid`) in their
+//! spec.
+//!
 //! The shim is one thread with no async runtime: a `poll` loop over the listener, its
-//! connections and a signalfd (SIGCHLD: reap everything, as the subreaper; SIGTERM/SIGINT:
-//! shut down). One Request then one Response per exchange, prost length-delimited.
+//! connections, a signalfd (SIGCHLD: reap everything, as the subreaper; SIGTERM/SIGINT:
+//! shut down) and the containers' and execs' output pipes (see `containers`). Requests and
+//! answers are prost length-delimited; a connection gets one Response per Request, in
+//! order. An ExecSync is answered when the command is done, without holding up the loop;
+//! a SubscribeRequest is answered with an Empty, then an Event message per container
+//! event for as long as the connection lasts. Answers are written without blocking
+//! (what the socket does not take waits for POLLOUT); a subscriber that leaves 1 MiB
+//! unread is dropped. Shutdown (request or signal) stops the containers (SIGTERM, then
+//! SIGKILL to their cgroups after the timeout), reaps them, deletes them with
+//! libcontainer, unpins the namespaces, answers and exits. After container work the loop
+//! gives memory back once idle (`memory::trim`).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

@@ -30,7 +30,24 @@ pub const EXEC_ERROR: &str = "exec: \"";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Clone, Debug, Default)]
-pub struct BerthExecutor;
+pub struct BerthExecutor {
+    /// For an exec: the container's seccomp filter, which libcontainer's tenant builder
+    /// leaves out of the exec's spec (runc applies it to execs, and so do we).
+    pub seccomp: Option<libcontainer::oci_spec::runtime::LinuxSeccomp>,
+}
+
+/// Whether this process holds CAP_SYS_ADMIN (needed to load a seccomp filter without
+/// no_new_privs).
+fn has_sys_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 21) != 0)
+}
 
 impl Executor for BerthExecutor {
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
@@ -59,6 +76,15 @@ impl Executor for BerthExecutor {
         // the pod runs unsupervised, its output going nowhere. Set last, after
         // libcontainer's credential changes, which would clear it.
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        if let Some(filter) = &self.seccomp {
+            // Without CAP_SYS_ADMIN the kernel loads a filter only under no_new_privs.
+            if !has_sys_admin() {
+                nix::sys::prctl::set_no_new_privs()
+                    .map_err(|e| ExecutorError::Other(format!("no_new_privs: {e}")))?;
+            }
+            libcontainer::seccomp::initialize_seccomp(filter)
+                .map_err(|e| ExecutorError::Other(format!("seccomp: {e}")))?;
+        }
         let args = spec
             .process()
             .as_ref()
