@@ -268,6 +268,12 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let c = Config::parse(include_str!("../config/berth.toml")).unwrap();
+        assert_eq!(c.root, PathBuf::from("/var/lib/berth"));
+    }
+
+    #[test]
     fn mirror_with_path_is_rejected() {
         let err =
             Config::parse("[registry.hosts.\"docker.io\"]\nmirrors = [\"http://h:1/prefix\"]\n")
