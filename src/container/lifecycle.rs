@@ -484,6 +484,8 @@ impl ContainerService {
         }
         let pod_dir = self.inner.sandboxes.pod_dir(&rec.pod_id);
         let client = ShimClient::new(&pod_dir);
+        // Taken before the process runs, so that a quick exit never precedes it.
+        let started_at = now_ns();
         if let Err(e) = client.start_container(&id).await {
             // A start that fails (e.g. the command is not in the image) leaves the
             // container exited with the reason, as runc-based runtimes do.
@@ -496,7 +498,7 @@ impl ContainerService {
             return Err(shim_err(&id, "start", e));
         }
         rec.state = ContainerState::Running;
-        rec.started_at = now_ns();
+        rec.started_at = started_at;
         self.inner.db.update_container(&rec)?;
         self.emit(&rec, EventKind::Started);
         // It may have exited already: the watcher updates it; nothing to wait for here.
@@ -504,7 +506,13 @@ impl ContainerService {
     }
 
     /// Refreshes a container's state from its shim (or its exit file if the shim is gone).
+    /// Callers hold the container's lock; the stored record is re-read under it, so an
+    /// exit is recorded (and announced) once.
     async fn refresh(&self, rec: &mut ContainerRecord) -> Result<()> {
+        match self.inner.db.container(&rec.id)? {
+            Some(fresh) => *rec = fresh,
+            None => return Ok(()),
+        }
         if !matches!(rec.state, ContainerState::Running | ContainerState::Created) {
             return Ok(());
         }
@@ -573,7 +581,11 @@ impl ContainerService {
     /// The container, its state brought up to date.
     pub async fn status(&self, id: &str) -> Result<ContainerRecord> {
         let mut rec = self.get(id)?;
-        self.refresh(&mut rec).await?;
+        if matches!(rec.state, ContainerState::Running | ContainerState::Created) {
+            let lock = self.lock(&rec.id);
+            let _g = lock.lock().await;
+            self.refresh(&mut rec).await?;
+        }
         Ok(rec)
     }
 
@@ -734,6 +746,12 @@ impl ContainerService {
             cpu_quota: res.cpu_quota,
             cpu_shares: res.cpu_shares,
             memory_limit: res.memory_limit,
+            // As at create: without a swap limit, memory+swap is the memory limit.
+            memory_swap: if res.memory_swap_limit != 0 {
+                res.memory_swap_limit
+            } else {
+                res.memory_limit
+            },
             cpuset_cpus: res.cpuset_cpus.clone(),
             cpuset_mems: res.cpuset_mems.clone(),
         };
@@ -762,10 +780,11 @@ impl ContainerService {
             if let Ok(mut rx) = sub {
                 while let Some(ev) = rx.recv().await {
                     if ev.kind == sp::event::Kind::Exited as i32
-                        && let Ok(mut rec) = svc.get(&ev.container_id)
+                        && let Ok(id) = svc.resolve(&ev.container_id)
                     {
-                        let lock = svc.lock(&rec.id);
+                        let lock = svc.lock(&id);
                         let _g = lock.lock().await;
+                        let Ok(mut rec) = svc.get(&id) else { continue };
                         if let Err(e) = svc.refresh(&mut rec).await {
                             tracing::warn!(container_id = %rec.id, error = %e, "recording exit");
                         }
@@ -780,6 +799,8 @@ impl ContainerService {
                 .remove(&pod_id);
             if let Ok(all) = svc.inner.db.containers() {
                 for mut c in all.into_iter().filter(|c| c.pod_id == pod_id) {
+                    let lock = svc.lock(&c.id);
+                    let _g = lock.lock().await;
                     let _ = svc.refresh(&mut c).await;
                 }
             }
@@ -796,7 +817,11 @@ impl ContainerService {
                 self.inner.db.delete_container(&c.id)?;
                 continue;
             }
-            self.refresh(&mut c).await?;
+            {
+                let lock = self.lock(&c.id);
+                let _g = lock.lock().await;
+                self.refresh(&mut c).await?;
+            }
             if matches!(c.state, ContainerState::Running | ContainerState::Created) {
                 self.watch(&c.pod_id);
             }

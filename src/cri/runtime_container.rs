@@ -296,6 +296,19 @@ impl Cri {
         let r = req.into_inner();
         record("container_id", &r.container_id);
         let c = self.containers.status(&r.container_id).await?;
+        let mut st = status(&c);
+        // As containerd: the image's first tag when it has one (kubelet creates
+        // containers by image ID).
+        if let Some(tag) = self
+            .images
+            .resolve(&c.image_id)
+            .ok()
+            .flatten()
+            .and_then(|i| i.repo_tags.first().cloned())
+            && let Some(img) = st.image.as_mut()
+        {
+            img.image = tag;
+        }
         let mut info = HashMap::new();
         if r.verbose {
             let v = serde_json::json!({
@@ -307,7 +320,7 @@ impl Cri {
             info.insert("info".to_string(), v.to_string());
         }
         Ok(Response::new(cri::ContainerStatusResponse {
-            status: Some(status(&c)),
+            status: Some(st),
             info,
         }))
     }

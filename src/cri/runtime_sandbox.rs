@@ -55,6 +55,7 @@ pub(super) fn resources(r: &cri::LinuxContainerResources) -> Resources {
         cpu_quota: r.cpu_quota,
         cpu_shares: r.cpu_shares,
         memory_limit: r.memory_limit_in_bytes,
+        memory_swap: r.memory_swap_limit_in_bytes,
         cpuset_cpus: r.cpuset_cpus.clone(),
         cpuset_mems: r.cpuset_mems.clone(),
     }

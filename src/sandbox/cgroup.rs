@@ -198,10 +198,8 @@ pub fn apply(h: &Hierarchy, rel: &str, r: &Resources) -> std::io::Result<()> {
                     write(&d, "cpu.cfs_quota_us", &r.cpu_quota.to_string())?;
                 }
             }
-            if let Some(d) = dir_for("memory")
-                && r.memory_limit > 0
-            {
-                write(&d, "memory.limit_in_bytes", &r.memory_limit.to_string())?;
+            if let Some(d) = dir_for("memory") {
+                set_v1_memory(&d, r.memory_limit, r.memory_swap)?;
             }
             if let Some(d) = dir_for("cpuset") {
                 if !r.cpuset_cpus.is_empty() {
@@ -234,6 +232,10 @@ pub fn apply(h: &Hierarchy, rel: &str, r: &Resources) -> std::io::Result<()> {
             }
             if r.memory_limit > 0 {
                 write(&d, "memory.max", &r.memory_limit.to_string())?;
+                if r.memory_swap > 0 && d.join("memory.swap.max").exists() {
+                    let swap = (r.memory_swap - r.memory_limit).max(0);
+                    write(&d, "memory.swap.max", &swap.to_string())?;
+                }
             }
             if !r.cpuset_cpus.is_empty() {
                 write(&d, "cpuset.cpus", &r.cpuset_cpus)?;
@@ -244,6 +246,30 @@ pub fn apply(h: &Hierarchy, rel: &str, r: &Resources) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// v1 memory and memory+swap limits, in the order the kernel accepts: memsw may never be
+/// below the memory limit, so a raise writes memsw first and a cut writes it last.
+fn set_v1_memory(d: &Path, limit: i64, swap: i64) -> std::io::Result<()> {
+    if limit <= 0 {
+        return Ok(());
+    }
+    let memsw = d.join("memory.memsw.limit_in_bytes");
+    let has_memsw = swap > 0 && memsw.exists();
+    let current: i64 = std::fs::read_to_string(d.join("memory.limit_in_bytes"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(i64::MAX);
+    if has_memsw && limit > current {
+        write(d, "memory.memsw.limit_in_bytes", &swap.to_string())?;
+        write(d, "memory.limit_in_bytes", &limit.to_string())
+    } else {
+        write(d, "memory.limit_in_bytes", &limit.to_string())?;
+        if has_memsw {
+            write(d, "memory.memsw.limit_in_bytes", &swap.to_string())?;
+        }
+        Ok(())
+    }
 }
 
 /// Removes cgroup directories berth created, deepest first; idempotent. A cgroup that
@@ -288,6 +314,7 @@ pub fn pod_limits(
             } else {
                 0
             },
+            memory_swap: 0,
             cpuset_cpus: r.cpuset_cpus.clone(),
             cpuset_mems: r.cpuset_mems.clone(),
         }),

@@ -47,6 +47,9 @@ pub struct Resources {
     pub cpu_quota: i64,
     pub cpu_shares: i64,
     pub memory_limit: i64,
+    /// Memory plus swap (cgroup v1 memsw); 0: leave as is.
+    #[serde(default)]
+    pub memory_swap: i64,
     pub cpuset_cpus: String,
     pub cpuset_mems: String,
 }

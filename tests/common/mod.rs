@@ -111,7 +111,8 @@ impl Berthd {
             .expect("spawn berthd");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket.exists() {
+        // The socket file appears at bind(2), before listen(2): wait until it accepts.
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("berthd exited with {status} during start:\n{}", self.log());
             }
