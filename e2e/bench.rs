@@ -4,7 +4,9 @@
 //! ```text
 //! berth-bench --endpoint unix:///run/berth/berth.sock \
 //!             [--vs unix:///run/containerd/containerd.sock] \
-//!             [--image REF] [--count 10] [--warmup 1] [--only pull] [--json out.json]
+//!             [--count 10] [--warmup 1] [--only memory,pull,runp,...] [--json out.json] \
+//!             [--image REF] [--image-busybox REF] [--pods 100] [--concurrency 1] \
+//!             [--daemon-pid PID] [--vs-daemon-pid PID]
 //! ```
 //!
 //! Every figure is a [`Figure`]: set up once per runtime, then `--warmup` discarded runs and
@@ -13,8 +15,23 @@
 //! that it did what it claims to measure and fails loudly otherwise. The statistics (nearest
 //! rank p50/p95/p99, min, max), the table and the JSON are shared by every figure.
 //!
-//! Figures so far: `pull` (cold-store pull + unpack of `--image`; MB/s). Nothing here
-//! asserts a timing: the targets are reported, never enforced.
+//! Figures, in the order they run (DESIGN.md's targets are in `bench/targets.rs`):
+//! - `memory` (first, so that "idle" is a daemon that has not yet churned through the
+//!   other figures' pods): the daemon's RSS idle, with `--pods` running pods and after
+//!   removing them; the per-pod shim's RSS (`bench/memory.rs`);
+//! - `pull`: cold-store pull + unpack of `--image`; MB/s (`bench/pull.rs`);
+//! - `runp`: RunPodSandbox on the CNI network; `stop-remove`: StopPodSandbox +
+//!   RemovePodSandbox (`bench/pods.rs`);
+//! - `create-start`: CreateContainer + StartContainer of busybox `sleep 3600`; `exec`:
+//!   ExecSync `true` (`bench/containers.rs`);
+//! - `full-pod`: sandbox + one running container over `--pods` pods kept running,
+//!   sequentially and, with `--concurrency C` > 1, C at a time (`bench/pods.rs`).
+//!
+//! The container figures use `--image-busybox`, pulled once before them if the runtime
+//! lacks it (and then removed at the end). Every pod is labelled with this run's token and
+//! removed by the figure's teardown; whatever is left (an error, SIGINT or SIGTERM) is
+//! swept before the program exits (`bench/ops.rs`). Nothing here asserts a timing: the
+//! targets are reported, never enforced; a run that did not do what it claims is an error.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,12 +47,24 @@ use berth::proto::runtime::v1 as cri;
 use cri::image_service_client::ImageServiceClient;
 use cri::runtime_service_client::RuntimeServiceClient;
 
+#[path = "bench/containers.rs"]
+mod containers;
+#[path = "bench/memory.rs"]
+mod memory;
+#[path = "bench/ops.rs"]
+mod ops;
+#[path = "bench/pods.rs"]
+mod pods;
+#[path = "bench/procfs.rs"]
+mod procfs;
 #[path = "bench/pull.rs"]
 mod pull;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/stats.rs"]
 mod stats;
+#[path = "bench/targets.rs"]
+mod targets;
 
 /// Message size limit, as kubelet's client sets it (large ListImages/ListContainers).
 const MAX_MESSAGE: usize = 16 << 20;
@@ -51,7 +80,8 @@ struct Cli {
     #[arg(long)]
     endpoint: String,
     /// A second CRI endpoint measured side by side (runs alternate), e.g.
-    /// unix:///run/containerd/containerd.sock; the table then shows the ratio endpoint/vs
+    /// unix:///run/containerd/containerd.sock; the vs rows then say how many times faster
+    /// (smaller, or for the pull: higher MB/s) the endpoint is
     #[arg(long)]
     vs: Option<String>,
     /// Image for the pull figure (pulled from its registry, so the runtime's registry
@@ -70,12 +100,51 @@ struct Cli {
     /// Only these figures (comma-separated or repeated); default: all
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<FigureName>,
+    /// Image of the container figures (busybox: needs `sleep`, `sh`, `true`, `hostname`);
+    /// pulled before them if the runtime lacks it, and then removed at the end
+    #[arg(long, default_value = "berth-test/busybox:latest")]
+    image_busybox: String,
+    /// Pods of the full-pod figure (measured, kept running) and of the memory figure
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pods: u32,
+    /// full-pod: also start the pods this many at a time (1: sequential only)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// memory: pid of the --endpoint daemon (default: the process holding its listening
+    /// socket, found through /proc/net/unix and /proc/*/fd)
+    #[arg(long)]
+    daemon_pid: Option<u32>,
+    /// memory: pid of the --vs daemon (default: found by its socket)
+    #[arg(long, requires = "vs")]
+    vs_daemon_pid: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum FigureName {
+    /// Daemon RSS idle and with --pods running pods; per-pod shim RSS (MB)
+    Memory,
     /// Cold-store pull + unpack of --image (ms, MB/s)
     Pull,
+    /// RunPodSandbox on the CNI network (ms)
+    Runp,
+    /// StopPodSandbox + RemovePodSandbox of a Ready pod (ms)
+    StopRemove,
+    /// CreateContainer + StartContainer of busybox sleep (ms)
+    CreateStart,
+    /// ExecSync `true` in a running container (ms)
+    Exec,
+    /// Sandbox + one running container, --pods pods, sequential and --concurrency (ms)
+    FullPod,
+}
+
+impl FigureName {
+    /// Whether the figure runs containers of --image-busybox.
+    fn needs_image(self) -> bool {
+        matches!(
+            self,
+            FigureName::Memory | FigureName::CreateStart | FigureName::Exec | FigureName::FullPod
+        )
+    }
 }
 
 /// Which command-line option a runtime came from.
@@ -95,12 +164,37 @@ pub struct Runtime {
     pub label: String,
     pub version: cri::VersionResponse,
     pub images: ImageServiceClient<Channel>,
-    #[allow(dead_code)] // the pod and container figures (issue 6) use it
     pub runtime: RuntimeServiceClient<Channel>,
+    /// The pods made here and not yet removed (see `bench/ops.rs`).
+    pub tracker: ops::Tracker,
+    /// The daemon's pid if given on the command line (the memory figure).
+    pub daemon_pid: Option<u32>,
+    /// The container figures' image, once ensured.
+    pub image: Option<ops::Image>,
 }
 
 impl Runtime {
-    async fn connect(role: Role, endpoint: &str) -> Result<Runtime> {
+    /// The CRI operations of the pod and container figures, over this connection.
+    pub fn ops(&self) -> ops::Ops {
+        ops::Ops {
+            runtime: self.runtime.clone(),
+            images: self.images.clone(),
+            tracker: self.tracker.clone(),
+            role: match self.role {
+                Role::Endpoint => "endpoint",
+                Role::Vs => "vs",
+            },
+        }
+    }
+
+    /// The container figures' image (ensured before the figures run).
+    pub fn image(&self) -> Result<ops::Image> {
+        self.image
+            .clone()
+            .context("the container image was not prepared (a bug)")
+    }
+
+    async fn connect(role: Role, endpoint: &str, daemon_pid: Option<u32>) -> Result<Runtime> {
         let path = socket_path(endpoint)?;
         let p = path.clone();
         let channel = Endpoint::try_from("http://cri.invalid")?
@@ -133,6 +227,9 @@ impl Runtime {
             version,
             images,
             runtime,
+            tracker: ops::Tracker::default(),
+            daemon_pid,
+            image: None,
         })
     }
 
@@ -206,15 +303,26 @@ pub fn measured(runs: &[Run]) -> impl Iterator<Item = &Run> {
 
 /// A benchmark figure. `setup` once per runtime, then `run` warm-up + measured times per
 /// runtime (alternating runtimes), then `teardown` once per runtime, even after a failed
-/// run; `report` turns the runs into table rows and JSON.
+/// run; `report` turns the runs into table rows and JSON. A setup that fails must undo
+/// what it did itself (it gets no teardown).
 trait Figure {
     /// Per-runtime state from `setup` (e.g. the pod a container figure starts in).
     type State;
     /// The name used by `--only` and in the table.
     fn name(&self) -> &'static str;
+    /// (warm-up, measured) runs per runtime, from `--warmup` and `--count`; a figure with
+    /// its own count (full-pod: `--pods`; memory: one) overrides it.
+    fn plan(&self, warmup: u32, count: u32) -> (u32, u32) {
+        (warmup, count)
+    }
     async fn setup(&self, rt: &mut Runtime) -> Result<Self::State>;
     /// One run: do, time and verify what is measured.
     async fn run(&self, rt: &mut Runtime, state: &mut Self::State) -> Result<Sample>;
+    /// One run that may measure several things at once (full-pod with `--concurrency`);
+    /// by default one `run`.
+    async fn run_batch(&self, rt: &mut Runtime, state: &mut Self::State) -> Result<Vec<Sample>> {
+        Ok(vec![self.run(rt, state).await?])
+    }
     async fn teardown(&self, rt: &mut Runtime, state: Self::State) -> Result<()>;
     fn report(&self, rts: &[Runtime], runs: &Runs) -> Result<report::FigureReport>;
 }
@@ -226,6 +334,7 @@ async fn measure<F: Figure>(
     warmup: u32,
     count: u32,
 ) -> Result<report::FigureReport> {
+    let (warmup, count) = fig.plan(warmup, count);
     let mut states = Vec::with_capacity(rts.len());
     for rt in rts.iter_mut() {
         let st = fig.setup(rt).await.with_context(|| {
@@ -264,20 +373,22 @@ async fn measure<F: Figure>(
             } else {
                 format!("run {}/{count}", i - warmup + 1)
             };
-            match fig.run(rt, &mut states[k]).await {
-                Ok(sample) => {
-                    eprintln!(
-                        "{:<6} {:<24} {what:<14} {:>9.1} ms",
-                        fig.name(),
-                        rt.label,
-                        sample.ms
-                    );
-                    runs[k].push(Run {
-                        iteration: i,
-                        warmup: i < warmup,
-                        at_ms,
-                        sample,
-                    });
+            match fig.run_batch(rt, &mut states[k]).await {
+                Ok(samples) => {
+                    for sample in samples {
+                        eprintln!(
+                            "{:<12} {:<24} {what:<14} {:>9.1} ms",
+                            fig.name(),
+                            rt.label,
+                            sample.ms
+                        );
+                        runs[k].push(Run {
+                            iteration: i,
+                            warmup: i < warmup,
+                            at_ms,
+                            sample,
+                        });
+                    }
                 }
                 Err(e) => {
                     result = Err(e.context(format!(
@@ -365,27 +476,152 @@ fn rfc3339_utc(secs: u64) -> String {
     )
 }
 
+/// Runs the selected figures in order, pushing each report as it completes (so that an
+/// error leaves the finished ones to print).
+async fn figures(
+    cli: &Cli,
+    rts: &mut [Runtime],
+    reports: &mut Vec<report::FigureReport>,
+) -> Result<()> {
+    let only = |f: FigureName| cli.only.is_empty() || cli.only.contains(&f);
+    let all = [
+        FigureName::Memory,
+        FigureName::Pull,
+        FigureName::Runp,
+        FigureName::StopRemove,
+        FigureName::CreateStart,
+        FigureName::Exec,
+        FigureName::FullPod,
+    ];
+    if all.iter().any(|f| only(*f) && f.needs_image()) {
+        for rt in rts.iter_mut() {
+            let img = rt
+                .ops()
+                .ensure_image(&cli.image_busybox)
+                .await
+                .with_context(|| format!("preparing the container image on {}", rt.label))?;
+            eprintln!(
+                "{:<12} {:<24} {} {} ({})",
+                "image",
+                rt.label,
+                if img.pulled { "pulled" } else { "present:" },
+                img.reference,
+                img.id
+            );
+            rt.image = Some(img);
+        }
+    }
+    let (w, c) = (cli.warmup, cli.count);
+    for f in all.into_iter().filter(|f| only(*f)) {
+        match f {
+            FigureName::Memory => {
+                reports.push(measure(&memory::Memory { pods: cli.pods }, rts, w, c).await?)
+            }
+            FigureName::Pull => {
+                let fig = pull::Pull {
+                    image: cli.image.clone(),
+                };
+                reports.push(measure(&fig, rts, w, c).await?);
+            }
+            FigureName::Runp => reports.push(measure(&pods::Runp, rts, w, c).await?),
+            FigureName::StopRemove => reports.push(measure(&pods::StopRemove, rts, w, c).await?),
+            FigureName::CreateStart => {
+                reports.push(measure(&containers::CreateStart, rts, w, c).await?)
+            }
+            FigureName::Exec => reports.push(measure(&containers::Exec, rts, w, c).await?),
+            FigureName::FullPod => {
+                let mut conc = vec![1];
+                if cli.concurrency > 1 {
+                    conc.push(cli.concurrency);
+                }
+                for concurrency in conc {
+                    let fig = pods::FullPod {
+                        pods: cli.pods,
+                        concurrency,
+                        warmup: w,
+                    };
+                    reports.push(measure(&fig, rts, w, c).await?);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM, with the signal's name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    tokio::select! {
+        Some(_) = async { int.as_mut()?.recv().await } => "SIGINT",
+        Some(_) = async { term.as_mut()?.recv().await } => "SIGTERM",
+    }
+}
+
+/// Removes whatever this run left on each runtime: pods (tracked or labelled with this
+/// run's token) and the container image if this run pulled it.
+async fn clean_up(rts: &mut [Runtime]) -> Result<()> {
+    let mut first_err = None;
+    for rt in rts.iter_mut() {
+        let mut ops = rt.ops();
+        match ops.sweep(None).await {
+            Ok(0) => {}
+            Ok(n) => eprintln!(
+                "berth-bench: cleanup: removed {n} pods left on {}",
+                rt.label
+            ),
+            Err(e) => {
+                first_err.get_or_insert(e.context(format!("cleaning up pods on {}", rt.label)));
+            }
+        }
+        if let Some(img) = rt.image.take().filter(|i| i.pulled)
+            && let Err(e) = ops.remove_image(&img.reference).await
+        {
+            first_err.get_or_insert(e.context(format!(
+                "removing {} (pulled for the container figures) from {}",
+                img.reference, rt.label
+            )));
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
-    let mut rts = vec![Runtime::connect(Role::Endpoint, &cli.endpoint).await?];
+    let mut rts = vec![Runtime::connect(Role::Endpoint, &cli.endpoint, cli.daemon_pid).await?];
     if let Some(vs) = &cli.vs {
-        rts.push(Runtime::connect(Role::Vs, vs).await?);
+        rts.push(Runtime::connect(Role::Vs, vs, cli.vs_daemon_pid).await?);
         if rts[0].label == rts[1].label {
             rts[0].label.push_str(" (endpoint)");
             rts[1].label.push_str(" (vs)");
         }
     }
     let machine = machine();
-    let only = |f: FigureName| cli.only.is_empty() || cli.only.contains(&f);
 
     let mut reports = Vec::new();
-    if only(FigureName::Pull) {
-        let fig = pull::Pull {
-            image: cli.image.clone(),
-        };
-        reports.push(measure(&fig, &mut rts, cli.warmup, cli.count).await?);
-    }
+    let result = tokio::select! {
+        r = figures(&cli, &mut rts, &mut reports) => r,
+        sig = interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
+    };
+    let cleaned = clean_up(&mut rts).await;
+    let result = match (result, cleaned) {
+        (Ok(()), c) => c,
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(c)) => {
+            eprintln!("berth-bench: also: {c:#}");
+            Err(e)
+        }
+    };
 
-    println!("{}", report::table(&reports, rts.len()));
+    if !reports.is_empty() {
+        if result.is_err() {
+            eprintln!("berth-bench: the figures that completed:");
+        }
+        println!("{}", report::table(&reports, rts.len()));
+    }
     if let Some(path) = &cli.json {
         let doc = json!({
             "berth_bench": {
@@ -395,19 +631,29 @@ async fn run(cli: Cli) -> Result<()> {
             "machine": machine,
             "params": {
                 "image": cli.image,
+                "image_busybox": cli.image_busybox,
                 "count": cli.count,
                 "warmup": cli.warmup,
+                "pods": cli.pods,
+                "concurrency": cli.concurrency,
                 "percentiles": "nearest rank over the measured runs (warm-up runs excluded)",
                 "order": "runtimes alternate run by run: A B, B A, A B, ...",
             },
+            "targets": targets::TARGETS.iter().map(|t| json!({
+                "key": t.key,
+                "what": t.what,
+                "containerd_here": t.containerd_here,
+                "berth_target": t.design,
+            })).collect::<Vec<_>>(),
             "runtimes": rts.iter().map(Runtime::json).collect::<Vec<_>>(),
             "figures": reports.iter().map(|r| &r.json).collect::<Vec<_>>(),
+            "error": result.as_ref().err().map(|e| format!("{e:#}")),
         });
         let text = serde_json::to_string_pretty(&doc)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
         eprintln!("berth-bench: wrote {}", path.display());
     }
-    Ok(())
+    result
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -458,7 +704,38 @@ mod tests {
         assert_eq!((c.count, c.warmup), (10, 1));
         assert_eq!(c.image, "berth-test/bench:latest");
         assert_eq!(c.only, vec![FigureName::Pull]);
+        assert_eq!(c.image_busybox, "berth-test/busybox:latest");
+        assert_eq!((c.pods, c.concurrency, c.daemon_pid), (100, 1, None));
         assert!(Cli::try_parse_from(["berth-bench", "--endpoint", "/a", "--count", "0"]).is_err());
+        assert!(Cli::try_parse_from(["berth-bench", "--endpoint", "/a", "--pods", "0"]).is_err());
+        assert!(
+            Cli::try_parse_from(["berth-bench", "--endpoint", "/a", "--vs-daemon-pid", "1"])
+                .is_err()
+        );
+        let c = Cli::try_parse_from([
+            "berth-bench",
+            "--endpoint",
+            "/a",
+            "--only",
+            "runp,stop-remove,create-start",
+            "--only",
+            "exec,full-pod,memory",
+            "--concurrency",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.only,
+            vec![
+                FigureName::Runp,
+                FigureName::StopRemove,
+                FigureName::CreateStart,
+                FigureName::Exec,
+                FigureName::FullPod,
+                FigureName::Memory
+            ]
+        );
+        assert_eq!(c.concurrency, 4);
         assert!(Cli::try_parse_from(["berth-bench"]).is_err());
     }
 }

@@ -13,14 +13,15 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use super::report::{self, FigureReport, Row};
-use super::{Figure, Runs, Runtime, Sample, cri, measured, request};
+use super::{Figure, Runs, Runtime, Sample, cri, measured, request, targets};
 
 /// Deadline of one PullImage.
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 /// DESIGN.md: pull throughput ≥ 1.5× containerd's.
-const TARGET_RATIO: f64 = 1.5;
-const TARGET: &str = "≥ 1.5× containerd's throughput";
+fn target() -> &'static targets::Target {
+    targets::get("pull")
+}
 
 pub struct Pull {
     pub image: String,
@@ -167,6 +168,7 @@ impl Figure for Pull {
             rows.push(Row {
                 figure: "pull (cold)".into(),
                 runtime: rt.label.clone(),
+                unit: "ms".into(),
                 summary,
                 rate: Some(rate),
                 target: String::new(),
@@ -181,8 +183,8 @@ impl Figure for Pull {
         let mut notes = Vec::new();
         let ratio = if rts.len() == 2 {
             let ratio = rates[0] / rates[1];
-            rows[0].target = TARGET.into();
-            rows[1].target = report::ratio_text(rts, ratio, TARGET_RATIO);
+            rows[0].target = target().design.into();
+            rows[1].target = report::ratio_text(rts, ratio, target().min_ratio.unwrap_or(1.0));
             if sizes[0] != sizes[1] {
                 notes.push(format!(
                     "The two runtimes report different sizes for {} ({} vs {} bytes); \
@@ -192,7 +194,7 @@ impl Figure for Pull {
             }
             Some(ratio)
         } else {
-            rows[0].target = format!("{TARGET} (needs --vs)");
+            rows[0].target = format!("{} (needs --vs)", target().design);
             None
         };
         notes.push(format!(
@@ -208,8 +210,8 @@ impl Figure for Pull {
                 "what": "RemoveImage (cold store), then PullImage timed, then ImageStatus verified",
                 "image": self.image,
                 "unit": "ms",
-                "target": TARGET,
-                "target_ratio": TARGET_RATIO,
+                "target": target().design,
+                "target_ratio": target().min_ratio,
                 "ratio_endpoint_over_vs_mb_per_s": ratio,
                 "per_runtime": per_rt,
             }),

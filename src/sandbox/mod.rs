@@ -295,7 +295,7 @@ impl SandboxService {
             && let Err(e) = self.inner.cni.ready()
         {
             return Err(Error::Network {
-                id: String::new(),
+                id: format!("{:?}", spec.metadata.name),
                 source: e,
             });
         }
