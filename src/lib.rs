@@ -7,6 +7,7 @@
 pub mod config;
 pub mod container;
 pub mod cri;
+pub mod ids;
 pub mod image;
 pub mod network;
 pub mod proto;

@@ -2,7 +2,6 @@
 //! stop, remove, status, exec, through the pod's shim. The metadata DB is the record; a
 //! watcher per pod follows its shim's events so that status reads need no round trip.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -100,7 +99,7 @@ struct Inner {
     driver: CgroupDriver,
     hierarchy: cgroup::Hierarchy,
     events: broadcast::Sender<Event>,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: crate::ids::Locks,
     /// Pods whose shim events are being followed.
     watched: Mutex<std::collections::HashSet<String>>,
     host: super::host::HostFeatures,
@@ -111,15 +110,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct ContainerService {
     inner: Arc<Inner>,
-}
-
-fn new_id() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .expect("/dev/urandom");
-    hex::encode(b)
 }
 
 impl ContainerService {
@@ -142,7 +132,7 @@ impl ContainerService {
                 driver: cfg.cgroup_driver,
                 hierarchy: cgroup::Hierarchy::detect(),
                 events,
-                locks: Mutex::new(HashMap::new()),
+                locks: Default::default(),
                 watched: Mutex::new(Default::default()),
                 host: super::host::HostFeatures::probe(),
                 host_devices: super::devices::host_devices().unwrap_or_default(),
@@ -164,16 +154,11 @@ impl ContainerService {
     }
 
     fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut l = self.inner.locks.lock().unwrap_or_else(|e| e.into_inner());
-        l.entry(id.to_string()).or_default().clone()
+        self.inner.locks.get(id)
     }
 
     fn forget_lock(&self, id: &str) {
-        self.inner
-            .locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.inner.locks.forget(id);
     }
 
     fn bundle(&self, c: &ContainerRecord) -> PathBuf {
@@ -189,21 +174,21 @@ impl ContainerService {
         if id.is_empty() {
             return Err(Error::InvalidArgument("container id is empty".into()));
         }
-        if self.inner.db.container(id)?.is_some() {
-            return Ok(id.to_string());
-        }
-        let matches: Vec<String> = self
-            .inner
-            .db
-            .containers()?
-            .into_iter()
-            .filter(|c| c.id.starts_with(id))
-            .map(|c| c.id)
-            .collect();
-        match matches.len() {
-            0 => Err(Error::NotFound(id.to_string())),
-            1 => Ok(matches.into_iter().next().unwrap_or_default()),
-            _ => Err(Error::Ambiguous(id.to_string())),
+        let exists = self.inner.db.container(id)?.is_some();
+        let all = if exists {
+            Vec::new()
+        } else {
+            self.inner
+                .db
+                .containers()?
+                .into_iter()
+                .map(|c| c.id)
+                .collect()
+        };
+        match crate::ids::resolve(id, exists, all) {
+            crate::ids::Resolve::Found(id) => Ok(id),
+            crate::ids::Resolve::NotFound => Err(Error::NotFound(id.to_string())),
+            crate::ids::Resolve::Ambiguous => Err(Error::Ambiguous(id.to_string())),
         }
     }
 
@@ -266,7 +251,7 @@ impl ContainerService {
         let image_config = ImageConfig::from_json(&image.config)
             .map_err(|e| internal(&image.id, "image config", e))?;
 
-        let id = new_id();
+        let id = crate::ids::new_id();
         let log_path = if config.log_path.is_empty() || pod.spec.log_directory.is_empty() {
             String::new()
         } else {

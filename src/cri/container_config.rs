@@ -135,7 +135,7 @@ fn device(d: &cri::Device) -> Result<Device, Status> {
     })
 }
 
-fn resources(r: &cri::LinuxContainerResources) -> Result<Resources, Status> {
+pub(super) fn resources(r: &cri::LinuxContainerResources) -> Result<Resources, Status> {
     for (what, v) in [("cpu_shares", r.cpu_shares), ("cpu_period", r.cpu_period)] {
         if v < 0 {
             return Err(invalid(format!("{what} {v} is negative")));

@@ -159,28 +159,6 @@ fn matches(c: &ContainerRecord, f: &cri::ContainerFilter) -> bool {
         .all(|(k, v)| c.config.labels.get(k) == Some(v))
 }
 
-fn conv_resources(r: &cri::LinuxContainerResources) -> crate::container::config::Resources {
-    crate::container::config::Resources {
-        cpu_period: r.cpu_period,
-        cpu_quota: r.cpu_quota,
-        cpu_shares: r.cpu_shares,
-        memory_limit: r.memory_limit_in_bytes,
-        memory_swap_limit: r.memory_swap_limit_in_bytes,
-        oom_score_adj: r.oom_score_adj,
-        cpuset_cpus: r.cpuset_cpus.clone(),
-        cpuset_mems: r.cpuset_mems.clone(),
-        hugepage_limits: r
-            .hugepage_limits
-            .iter()
-            .map(|h| crate::container::config::HugepageLimit {
-                page_size: h.page_size.clone(),
-                limit: h.limit,
-            })
-            .collect(),
-        unified: r.unified.clone().into_iter().collect(),
-    }
-}
-
 fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
 }
@@ -419,7 +397,7 @@ impl Cri {
             return Ok(Response::new(cri::UpdateContainerResourcesResponse {}));
         };
         self.containers
-            .update_resources(&r.container_id, conv_resources(&linux))
+            .update_resources(&r.container_id, super::container_config::resources(&linux)?)
             .await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }

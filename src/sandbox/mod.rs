@@ -58,7 +58,7 @@ struct Inner {
     driver: CgroupDriver,
     hierarchy: cgroup::Hierarchy,
     /// One lock per pod id: run, stop and remove of a pod do not interleave.
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: crate::ids::Locks,
     /// The previous CPU sample per pod (time, cpu ns), for a usage rate.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
 }
@@ -76,15 +76,6 @@ pub struct PodUsage {
 #[derive(Clone)]
 pub struct SandboxService {
     inner: Arc<Inner>,
-}
-
-fn new_id() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .expect("/dev/urandom");
-    hex::encode(b)
 }
 
 pub fn now_ns() -> i64 {
@@ -187,7 +178,7 @@ impl SandboxService {
                 shim_bin,
                 driver: cfg.cgroup_driver,
                 hierarchy: cgroup::Hierarchy::detect(),
-                locks: Mutex::new(HashMap::new()),
+                locks: Default::default(),
                 cpu_samples: Mutex::new(HashMap::new()),
             }),
         })
@@ -198,13 +189,11 @@ impl SandboxService {
     }
 
     fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut l = self.inner.locks.lock().unwrap_or_else(|e| e.into_inner());
-        l.entry(id.to_string()).or_default().clone()
+        self.inner.locks.get(id)
     }
 
     fn forget_lock(&self, id: &str) {
-        let mut l = self.inner.locks.lock().unwrap_or_else(|e| e.into_inner());
-        l.remove(id);
+        self.inner.locks.forget(id);
     }
 
     /// Why pods cannot get a network now, if they cannot (the CRI NetworkReady condition).
@@ -221,21 +210,16 @@ impl SandboxService {
         if id.is_empty() {
             return Err(Error::InvalidArgument("pod sandbox id is empty".into()));
         }
-        if self.inner.db.pod(id)?.is_some() {
-            return Ok(id.to_string());
-        }
-        let matches: Vec<String> = self
-            .inner
-            .db
-            .pods()?
-            .into_iter()
-            .filter(|p| p.id.starts_with(id))
-            .map(|p| p.id)
-            .collect();
-        match matches.len() {
-            0 => Err(Error::NotFound(id.to_string())),
-            1 => Ok(matches.into_iter().next().unwrap_or_default()),
-            _ => Err(Error::Ambiguous(id.to_string())),
+        let exists = self.inner.db.pod(id)?.is_some();
+        let all = if exists {
+            Vec::new()
+        } else {
+            self.inner.db.pods()?.into_iter().map(|p| p.id).collect()
+        };
+        match crate::ids::resolve(id, exists, all) {
+            crate::ids::Resolve::Found(id) => Ok(id),
+            crate::ids::Resolve::NotFound => Err(Error::NotFound(id.to_string())),
+            crate::ids::Resolve::Ambiguous => Err(Error::Ambiguous(id.to_string())),
         }
     }
 
@@ -300,7 +284,7 @@ impl SandboxService {
             });
         }
 
-        let id = new_id();
+        let id = crate::ids::new_id();
         let mut pod = PodRecord {
             id: id.clone(),
             spec,
