@@ -58,11 +58,11 @@ pub fn resolv_conf(dns: &Dns) -> String {
     s
 }
 
+/// Atomic, not durable: the state directory does not outlive a reboot by design.
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 
