@@ -502,7 +502,8 @@ impl ContainerService {
             return Ok(());
         }
         let pod_dir = self.inner.sandboxes.pod_dir(&rec.pod_id);
-        let st = if shim::shim_alive(&pod_dir) {
+        let alive = shim::shim_alive(&pod_dir);
+        let st = if alive {
             match ShimClient::new(&pod_dir).container_state(&rec.id).await {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -525,7 +526,7 @@ impl ContainerService {
                     finished_at: x.finished_at,
                     oom_killed: x.oom_killed,
                 },
-                None if !shim::shim_alive(&pod_dir) => {
+                None if !alive => {
                     // The shim died without recording an exit: it is gone, cause unknown.
                     rec.state = ContainerState::Exited;
                     rec.exit_code = 255;

@@ -70,23 +70,7 @@ pub fn unmount_rootfs(target: &Path) -> std::io::Result<()> {
 
 /// Disk usage of the writable layer (bytes, inodes).
 pub fn usage(l: &Layer) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let mut bytes = 0;
-    let mut inodes = 0;
-    let mut stack = vec![l.upper.clone()];
-    while let Some(p) = stack.pop() {
-        let Ok(md) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        bytes += md.blocks() * 512;
-        inodes += 1;
-        if md.is_dir()
-            && let Ok(rd) = std::fs::read_dir(&p)
-        {
-            stack.extend(rd.flatten().map(|e| e.path()));
-        }
-    }
-    (bytes, inodes)
+    crate::stats::disk_usage(&l.upper)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ pub mod registry;
 pub mod unpack;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
@@ -353,37 +353,18 @@ impl ImageService {
             inodes_used: layers.iter().map(|l| l.inodes).sum(),
         };
         let dir = self.inner.containers_dir.clone();
-        let container_fs = tokio::task::spawn_blocking(move || du(&dir))
-            .await
-            .map_err(|e| Error::internal("*", e))?;
+        let container_fs = tokio::task::spawn_blocking(move || {
+            let (used_bytes, inodes_used) = crate::stats::disk_usage(&dir);
+            FsUsage {
+                mountpoint: dir,
+                used_bytes,
+                inodes_used,
+            }
+        })
+        .await
+        .map_err(|e| Error::internal("*", e))?;
         Ok((image_fs, container_fs))
     }
-}
-
-/// Disk usage of a tree, counting each inode once.
-fn du(root: &Path) -> FsUsage {
-    use std::os::unix::fs::MetadataExt;
-    let mut usage = FsUsage {
-        mountpoint: root.to_path_buf(),
-        ..FsUsage::default()
-    };
-    let mut seen = HashSet::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(md) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if seen.insert((md.dev(), md.ino())) {
-            usage.used_bytes += md.blocks() * 512;
-            usage.inodes_used += 1;
-        }
-        if md.is_dir()
-            && let Ok(rd) = std::fs::read_dir(&p)
-        {
-            stack.extend(rd.flatten().map(|e| e.path()));
-        }
-    }
-    usage
 }
 
 #[cfg(test)]

@@ -105,6 +105,29 @@ pub fn cgroup_usage(h: &Hierarchy, rel: &str) -> CgroupUsage {
     u
 }
 
+/// Disk usage of a tree (bytes in blocks, inodes), counting each inode once.
+pub fn disk_usage(root: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut bytes, mut inodes) = (0, 0);
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if seen.insert((md.dev(), md.ino())) {
+            bytes += md.blocks() * 512;
+            inodes += 1;
+        }
+        if md.is_dir()
+            && let Ok(rd) = std::fs::read_dir(&p)
+        {
+            stack.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    (bytes, inodes)
+}
+
 /// Interfaces of the network namespace `pid` lives in, loopback left out.
 pub fn net_dev(pid: u32) -> Vec<InterfaceUsage> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
