@@ -1704,3 +1704,166 @@ async fn removing_a_pod_removes_its_running_containers() {
     }
     env.assert_nothing_left().await;
 }
+
+// user namespaces ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn user_namespaced_pod_maps_root_and_owns_its_rootfs() {
+    let env = Env::new("userns").await;
+    // A host range no other test uses; the container's root is host 231072.
+    let map = |c: u32, h: u32| {
+        vec![cri::IdMapping {
+            container_id: c,
+            host_id: h,
+            length: 65536,
+        }]
+    };
+    let userns = |uids: Vec<cri::IdMapping>, gids: Vec<cri::IdMapping>| cri::NamespaceOption {
+        userns_options: Some(cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids,
+            gids,
+        }),
+        ..Default::default()
+    };
+    let mut pc = env.pod_config("userns");
+    pc.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(userns(map(0, 231072), map(0, 231072))),
+        ..Default::default()
+    });
+    let pod = env.run_pod(&pc).await;
+    let script = "cat /proc/self/uid_map; id -u; stat -c %u:%g /bin/sh; \
+                  echo x > /bin/made && stat -c %u /bin/made; ls /proc/1 >/dev/null && echo proc";
+    let mut cfg = env.config("u", &["sh", "-c", script]);
+    cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+        namespace_options: Some(userns(map(0, 231072), map(0, 231072))),
+        ..Default::default()
+    });
+    let id = env.run(&pod, &pc, cfg).await;
+    let st = env.wait_exited(&id, Duration::from_secs(10)).await;
+    let out: Vec<String> = log_records(Path::new(&st.log_path))
+        .into_iter()
+        .map(|(_, _, l)| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    // Root in the pod is host 231072; the image's root-owned files are root's inside
+    // (idmapped layers), and what the container writes is its root's.
+    assert_eq!(
+        out,
+        vec!["0 231072 65536", "0", "0:0", "0", "proc"],
+        "{st:?}"
+    );
+    assert_eq!(st.exit_code, 0, "{st:?}");
+    // On the host the new file belongs to the mapped root.
+    let made = env.containers_dir().join(&id).join("upper/bin/made");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&made).unwrap().uid(), 231072);
+
+    // The pod's user namespace is pinned in its state dir and owns its network namespace.
+    let sleeper = env
+        .run(&pod, &pc, env.config("sleeper", &["sleep", "1000"]))
+        .await;
+    let pid = env.info(&sleeper).await["pid"].as_u64().expect("pid") as u32;
+    let host_userns = std::fs::read_link("/proc/self/ns/user").unwrap();
+    let ctr_userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    assert_ne!(host_userns, ctr_userns);
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/uid_map"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0", "231072", "65536"]
+    );
+    // Exec cannot join a user namespace with libcontainer 0.7: refused, not run as host root.
+    let err = env.exec(&sleeper, &["id", "-u"], 5).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // Mappings the pod does not have, or the host's user namespace, are refused.
+    let mut other = env.config("other", &["true"]);
+    other.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+        namespace_options: Some(userns(map(0, 300000), map(0, 300000))),
+        ..Default::default()
+    });
+    let err = env.create(&pod, &pc, other).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    env.stop(&sleeper, 0).await;
+    env.remove(&sleeper).await;
+    env.remove(&id).await;
+    env.remove_pod(&pod).await;
+    env.assert_nothing_left().await;
+}
+
+#[tokio::test]
+async fn bad_user_namespace_requests_are_refused() {
+    let env = Env::new("userns-bad").await;
+    let m = |c: u32, h: u32| cri::IdMapping {
+        container_id: c,
+        host_id: h,
+        length: 1000,
+    };
+    let cases: Vec<(&str, cri::NamespaceOption)> = vec![
+        (
+            "two mappings",
+            cri::NamespaceOption {
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Pod as i32,
+                    uids: vec![m(0, 400000), m(0, 500000)],
+                    gids: vec![m(0, 400000)],
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "root unmapped",
+            cri::NamespaceOption {
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Pod as i32,
+                    uids: vec![m(1, 400000)],
+                    gids: vec![m(1, 400000)],
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "container mode",
+            cri::NamespaceOption {
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "host network",
+            cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Pod as i32,
+                    uids: vec![m(0, 400000)],
+                    gids: vec![m(0, 400000)],
+                }),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, ns) in cases {
+        let mut pc = env.pod_config("bad");
+        pc.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(ns),
+            ..Default::default()
+        });
+        let err = env
+            .d
+            .runtime()
+            .await
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pc),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+    }
+    env.assert_nothing_left().await;
+}

@@ -51,6 +51,7 @@ impl Pod {
             hostname: "berth-test-pod".into(),
             sysctls: Default::default(),
             loopback_up: true,
+            ..Default::default()
         }
     }
 

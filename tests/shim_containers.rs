@@ -83,6 +83,7 @@ impl Pod {
             hostname: "berth-test-pod".into(),
             sysctls: Default::default(),
             loopback_up: true,
+            ..Default::default()
         };
         pod.shim_pid = shim::spawn(&shim_bin(), &config).await.expect("spawn shim");
         pod

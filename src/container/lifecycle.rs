@@ -340,13 +340,34 @@ impl ContainerService {
             },
             rootfs_dir.clone(),
         );
-        tokio::task::spawn_blocking(move || rootfs::mount_rootfs(&lowers, &l, &target))
-            .await
-            .map_err(|e| internal(&id, "rootfs", e))?
-            .map_err(|e| internal(&id, "rootfs", e))?;
+        // A user-namespaced pod: the rootfs is seen through the pod's ID mapping.
+        let userns = pod.spec.user_ns.as_ref().map(|u| {
+            let root = |m: &[crate::sandbox::spec::IdMapping]| {
+                m.iter()
+                    .find(|m| m.container_id == 0)
+                    .map_or(0, |m| m.host_id)
+            };
+            (
+                namespaces::ns_paths(&self.inner.sandboxes.pod_dir(&pod.id)).user,
+                root(&u.uids),
+                root(&u.gids),
+            )
+        });
+        tokio::task::spawn_blocking(move || {
+            let idmap = userns.as_ref().map(|(p, uid, gid)| rootfs::IdMap {
+                userns: p,
+                root_uid: *uid,
+                root_gid: *gid,
+            });
+            rootfs::mount_rootfs(&lowers, &l, &target, idmap)
+        })
+        .await
+        .map_err(|e| internal(&id, "rootfs", e))?
+        .map_err(|e| internal(&id, "rootfs", e))?;
 
         // Host paths of bind mounts that do not exist are made, as containerd does.
         super::mounts::prepare_host_paths(&mut rec.config).map_err(spec_err)?;
+        pod_user_ns(&pod.spec, &mut rec.config).map_err(spec_err)?;
         let devices = super::devices::resolve(&rec.config.devices).map_err(spec_err)?;
         let passwd = std::fs::read_to_string(rootfs_dir.join("etc/passwd")).ok();
         let group = std::fs::read_to_string(rootfs_dir.join("etc/group")).ok();
@@ -366,7 +387,7 @@ impl ContainerService {
             pod_name: pod.spec.metadata.name.clone(),
             pod_namespace: pod.spec.metadata.namespace.clone(),
             pod_uid: pod.spec.metadata.uid.clone(),
-            user_ns: None,
+            user_ns: pod.spec.user_ns.is_some().then(|| ns.user.clone()),
             hostname: files::hostname(&pod.spec),
             privileged: pod.spec.privileged,
             net_ns: (pod.spec.network != NsMode::Node).then(|| ns.net.clone()),
@@ -693,11 +714,31 @@ impl ContainerService {
         if cmd.is_empty() {
             return Err(Error::InvalidArgument("exec: empty command".into()));
         }
+        self.refuse_userns_exec(&rec)?;
         let pod_dir = self.inner.sandboxes.pod_dir(&rec.pod_id);
         ShimClient::new(&pod_dir)
             .exec_sync(&rec.id, cmd, timeout)
             .await
             .map_err(|e| shim_err(&rec.id, "exec", e))
+    }
+
+    /// libcontainer 0.7's tenant (exec) builder joins every namespace of the container but
+    /// its user namespace: an exec would run as the host's root inside the container's
+    /// mounts. Refused until the shim joins the user namespace itself.
+    pub fn refuse_userns_exec(&self, rec: &ContainerRecord) -> Result<()> {
+        let userns = self
+            .inner
+            .sandboxes
+            .get(&rec.pod_id)
+            .is_ok_and(|p| p.spec.user_ns.is_some());
+        if userns {
+            return Err(Error::FailedPrecondition(format!(
+                "container {}: exec into a container of a user-namespaced pod is not \
+                 supported yet (the in-tree runtime cannot join its user namespace)",
+                rec.id
+            )));
+        }
+        Ok(())
     }
 
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
@@ -813,5 +854,50 @@ impl ContainerService {
             }
         }
         Ok(())
+    }
+}
+
+/// A container of a user-namespaced pod runs in the pod's user namespace (which owns the
+/// namespaces it joins), with the pod's mappings; a config that asks for another is refused.
+fn pod_user_ns(
+    pod: &crate::sandbox::spec::PodSpec,
+    config: &mut super::config::ContainerConfig,
+) -> std::result::Result<(), super::spec::SpecError> {
+    use super::config::{IdMapping, NamespaceMode, UserNamespace};
+    use super::spec::SpecError;
+    let asked = &mut config.security.namespaces.userns;
+    let Some(u) = &pod.user_ns else {
+        if asked.as_ref().is_some_and(|a| a.mode == NamespaceMode::Pod) {
+            return Err(SpecError::InvalidArgument(
+                "the container asks for a pod user namespace but its pod has none".into(),
+            ));
+        }
+        return Ok(());
+    };
+    let map = |m: &[crate::sandbox::spec::IdMapping]| -> Vec<IdMapping> {
+        m.iter()
+            .map(|m| IdMapping {
+                container_id: m.container_id,
+                host_id: m.host_id,
+                length: m.length,
+            })
+            .collect()
+    };
+    let pod_ns = UserNamespace {
+        mode: NamespaceMode::Pod,
+        uids: map(&u.uids),
+        gids: map(&u.gids),
+    };
+    match asked {
+        Some(a) if a.mode == NamespaceMode::Node => Err(SpecError::InvalidArgument(
+            "the container asks for the host's user namespace but its pod has its own".into(),
+        )),
+        Some(a) if *a != pod_ns => Err(SpecError::InvalidArgument(
+            "the container's user namespace mappings differ from its pod's".into(),
+        )),
+        _ => {
+            *asked = Some(pod_ns);
+            Ok(())
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! A container's root filesystem: an overlay of its image's unpacked layers (read-only
 //! lower dirs, top layer first) and its own upper and work directories.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -31,11 +33,46 @@ fn options(lowers: &[PathBuf], l: &Layer) -> String {
     )
 }
 
+/// For a container in a pod's user namespace: the namespace (its pinned file) and the host
+/// IDs its root maps to.
+pub struct IdMap<'a> {
+    pub userns: &'a Path,
+    pub root_uid: u32,
+    pub root_gid: u32,
+}
+
 /// Mounts the rootfs at `target`. `lowers` are the image's layer directories, top first.
-pub fn mount_rootfs(lowers: &[PathBuf], l: &Layer, target: &Path) -> std::io::Result<()> {
+/// With `idmap`, each layer is given to overlayfs as an idmapped mount (files owned by host
+/// root are the container's root, as without a user namespace) and the upper directory
+/// belongs to the container's root, so the container may create its mount points and
+/// change image files as usual.
+pub fn mount_rootfs(
+    lowers: &[PathBuf],
+    l: &Layer,
+    target: &Path,
+    idmap: Option<IdMap>,
+) -> std::io::Result<()> {
     for d in [&l.upper, &l.work, &target.to_path_buf()] {
         std::fs::create_dir_all(d)?;
     }
+    // Kept open until the overlay is mounted: the lower dirs are their /proc/self/fd paths.
+    let mut trees = Vec::new();
+    let mapped: Vec<PathBuf>;
+    let lowers = match &idmap {
+        None => lowers,
+        Some(m) => {
+            let userns = std::fs::File::open(m.userns)?;
+            for p in lowers {
+                trees.push(idmapped_tree(p, &userns)?);
+            }
+            std::os::unix::fs::chown(&l.upper, Some(m.root_uid), Some(m.root_gid))?;
+            mapped = trees
+                .iter()
+                .map(|fd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())))
+                .collect();
+            &mapped
+        }
+    };
     let opts = options(lowers, l);
     if opts.len() >= 4096 {
         return Err(std::io::Error::other(format!(
@@ -57,6 +94,54 @@ pub fn mount_rootfs(lowers: &[PathBuf], l: &Layer, target: &Path) -> std::io::Re
         Some(opts.as_str()),
     )
     .map_err(|e| std::io::Error::other(format!("mount overlay at {}: {e}", target.display())))
+}
+
+/// A detached copy of the mount tree at `path` whose files' owners are seen through the
+/// user namespace `userns` (`open_tree` + `mount_setattr(MOUNT_ATTR_IDMAP)`).
+#[allow(unsafe_code)]
+fn idmapped_tree(path: &Path, userns: &std::fs::File) -> std::io::Result<OwnedFd> {
+    let err = |what: &str| {
+        let e = std::io::Error::last_os_error();
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "{what} {}: {e} (idmapped mounts need Linux 5.12+)",
+                path.display()
+            ),
+        )
+    };
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("NUL in a layer path"))?;
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC as libc::c_uint;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(err("open_tree"));
+    }
+    // SAFETY: open_tree returned a new descriptor that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let empty = c"";
+    // SAFETY: `attr` and `empty` outlive the call; the size passed is attr's.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(err("idmap"));
+    }
+    Ok(tree)
 }
 
 /// Idempotent.

@@ -190,7 +190,7 @@ fn ns_mode(what: &str, v: i32) -> Result<NamespaceMode, Status> {
 
 /// containerd's `parseUsernsIDs`: `Node` without mappings, `Pod` with exactly one UID and
 /// one GID mapping.
-fn userns(u: &cri::UserNamespace) -> Result<UserNamespace, Status> {
+pub(super) fn userns(u: &cri::UserNamespace) -> Result<UserNamespace, Status> {
     let mode = ns_mode("user", u.mode)?;
     for (what, m) in [("UID", &u.uids), ("GID", &u.gids)] {
         if m.len() > 1 {
@@ -202,6 +202,14 @@ fn userns(u: &cri::UserNamespace) -> Result<UserNamespace, Status> {
     }
     let uids = id_mappings("user namespace UID mapping", &u.uids)?;
     let gids = id_mappings("user namespace GID mapping", &u.gids)?;
+    // Root in the pod must be somebody on the host (containerd's check too).
+    for (what, m) in [("UID", &uids), ("GID", &gids)] {
+        if m.first().is_some_and(|m| m.container_id != 0) {
+            return Err(invalid(format!(
+                "user namespace: the {what} mapping must start at container ID 0"
+            )));
+        }
+    }
     match mode {
         NamespaceMode::Node if !uids.is_empty() || !gids.is_empty() => {
             Err(invalid("user namespace mode NODE cannot have ID mappings"))

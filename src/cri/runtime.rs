@@ -62,9 +62,10 @@ impl RuntimeService for Cri {
                 name: String::new(),
                 features: Some(cri::RuntimeHandlerFeatures {
                     recursive_read_only_mounts: true,
-                    // Needs a pod user namespace that owns the pod's other namespaces,
-                    // and idmapped mounts, which libcontainer 0.7 refuses.
-                    user_namespaces: false,
+                    // The pod's user namespace owns its other namespaces (the shim makes
+                    // them together) and the image layers are idmapped; idmapped CRI
+                    // mounts are refused (libcontainer 0.7 cannot make them).
+                    user_namespaces: true,
                 }),
             }],
             features: Some(cri::RuntimeFeatures {

@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use tonic::{Request, Response, Status};
 
 use super::{Cri, record};
+use crate::container::config::NamespaceMode;
 use crate::proto::runtime::v1 as cri;
 use crate::sandbox::Error as SandboxError;
 use crate::sandbox::spec::{
-    Dns, NsMode, PodMetadata, PodRecord, PodSpec, PodState, PortMapping, Resources,
+    Dns, IdMapping, NsMode, PodMetadata, PodRecord, PodSpec, PodState, PortMapping, Resources,
+    UserNs,
 };
 
 impl From<SandboxError> for Status {
@@ -65,6 +67,39 @@ fn port_u16(v: i32, what: &str) -> Result<u16, Status> {
     u16::try_from(v).map_err(|_| Status::invalid_argument(format!("{what} {v} is not a port")))
 }
 
+/// A `POD` user namespace owns the pod's other namespaces, so none of them may be the
+/// host's (kubelet refuses `hostUsers: false` with host namespaces too).
+fn pod_user_ns(ns: &cri::NamespaceOption) -> Result<Option<UserNs>, Status> {
+    let Some(u) = ns.userns_options.as_ref() else {
+        return Ok(None);
+    };
+    let u = super::container_config::userns(u)?;
+    if u.mode != NamespaceMode::Pod {
+        return Ok(None);
+    }
+    let node = cri::NamespaceMode::Node as i32;
+    for (what, mode) in [("network", ns.network), ("IPC", ns.ipc), ("PID", ns.pid)] {
+        if mode == node {
+            return Err(Status::invalid_argument(format!(
+                "a pod with its own user namespace cannot use the host's {what} namespace"
+            )));
+        }
+    }
+    let map = |m: &[crate::container::config::IdMapping]| {
+        m.iter()
+            .map(|m| IdMapping {
+                container_id: m.container_id,
+                host_id: m.host_id,
+                length: m.length,
+            })
+            .collect()
+    };
+    Ok(Some(UserNs {
+        uids: map(&u.uids),
+        gids: map(&u.gids),
+    }))
+}
+
 fn pod_spec(c: cri::PodSandboxConfig, runtime_handler: String) -> Result<PodSpec, Status> {
     let m = c
         .metadata
@@ -72,15 +107,7 @@ fn pod_spec(c: cri::PodSandboxConfig, runtime_handler: String) -> Result<PodSpec
     let linux = c.linux.unwrap_or_default();
     let sc = linux.security_context.unwrap_or_default();
     let ns = sc.namespace_options.unwrap_or_default();
-    if ns
-        .userns_options
-        .as_ref()
-        .is_some_and(|u| u.mode == cri::NamespaceMode::Pod as i32)
-    {
-        return Err(Status::invalid_argument(
-            "user namespaces for pods are not supported by this runtime",
-        ));
-    }
+    let user_ns = pod_user_ns(&ns)?;
     let dns = c.dns_config.unwrap_or_default();
     let mut port_mappings = Vec::new();
     for p in c.port_mappings {
@@ -101,6 +128,7 @@ fn pod_spec(c: cri::PodSandboxConfig, runtime_handler: String) -> Result<PodSpec
         });
     }
     Ok(PodSpec {
+        user_ns,
         metadata: PodMetadata {
             name: m.name,
             uid: m.uid,

@@ -354,6 +354,8 @@ impl SandboxService {
             hostname: files::hostname(&pod.spec),
             sysctls: pod.spec.sysctls.clone().into_iter().collect(),
             loopback_up: pod.spec.network == NsMode::Pod,
+            uid_mappings: shim_id_mappings(pod.spec.user_ns.as_ref().map(|u| &u.uids)),
+            gid_mappings: shim_id_mappings(pod.spec.user_ns.as_ref().map(|u| &u.gids)),
         };
         shim::spawn(&self.inner.shim_bin, &config)
             .await
@@ -656,6 +658,17 @@ fn remove_dir_safely(dir: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::other(format!("{m} is still mounted")));
     }
     std::fs::remove_dir_all(dir)
+}
+
+fn shim_id_mappings(m: Option<&Vec<spec::IdMapping>>) -> Vec<crate::proto::shim::IdMapping> {
+    m.into_iter()
+        .flatten()
+        .map(|m| crate::proto::shim::IdMapping {
+            container_id: m.container_id,
+            host_id: m.host_id,
+            length: m.length,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -25,14 +25,17 @@ pub enum Namespace {
     Ipc,
     Uts,
     Pid,
+    /// Only with a user-namespaced pod: it owns the pod's other namespaces.
+    User,
 }
 
 impl Namespace {
-    pub const ALL: [Namespace; 4] = [
+    pub const ALL: [Namespace; 5] = [
         Namespace::Net,
         Namespace::Ipc,
         Namespace::Uts,
         Namespace::Pid,
+        Namespace::User,
     ];
 
     /// The name of its file under `/proc/<pid>/ns/` and under `<state_dir>/ns/`.
@@ -42,15 +45,17 @@ impl Namespace {
             Namespace::Ipc => "ipc",
             Namespace::Uts => "uts",
             Namespace::Pid => "pid",
+            Namespace::User => "user",
         }
     }
 
-    fn clone_flag(self) -> CloneFlags {
+    pub fn clone_flag(self) -> CloneFlags {
         match self {
             Namespace::Net => CloneFlags::CLONE_NEWNET,
             Namespace::Ipc => CloneFlags::CLONE_NEWIPC,
             Namespace::Uts => CloneFlags::CLONE_NEWUTS,
             Namespace::Pid => CloneFlags::CLONE_NEWPID,
+            Namespace::User => CloneFlags::CLONE_NEWUSER,
         }
     }
 }
@@ -76,6 +81,7 @@ pub struct NsPaths {
     pub ipc: PathBuf,
     pub uts: PathBuf,
     pub pid: PathBuf,
+    pub user: PathBuf,
 }
 
 impl NsPaths {
@@ -85,6 +91,7 @@ impl NsPaths {
             Namespace::Ipc => &self.ipc,
             Namespace::Uts => &self.uts,
             Namespace::Pid => &self.pid,
+            Namespace::User => &self.user,
         }
     }
 }
@@ -101,6 +108,7 @@ pub fn ns_paths(state_dir: &Path) -> NsPaths {
         ipc: d.join("ipc"),
         uts: d.join("uts"),
         pid: d.join("pid"),
+        user: d.join("user"),
     }
 }
 

@@ -73,6 +73,24 @@ pub struct PodSpec {
     pub runtime_handler: String,
     /// Requested but not applied to the sandbox itself (no pause process runs as it).
     pub privileged: bool,
+    /// A user-namespaced pod (CRI `NamespaceMode::POD` user namespace): its mappings.
+    #[serde(default)]
+    pub user_ns: Option<UserNs>,
+}
+
+/// One ID mapping range: `length` IDs from `container_id` in the pod are the same number
+/// from `host_id` on the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub length: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNs {
+    pub uids: Vec<IdMapping>,
+    pub gids: Vec<IdMapping>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -75,6 +75,49 @@ pub fn spawn() -> Result<Init, String> {
     }
 }
 
+/// Creates a user-namespaced pod's namespaces: a raw `clone(2)` with `CLONE_NEWUSER` among
+/// `flags`, so that the kernel makes the user namespace first and every other new namespace
+/// is owned by it (containers that join it may then mount `/proc` and `/sys`). The caller
+/// writes the child's uid/gid maps and pins its namespaces. With `as_init` (`flags` has
+/// `CLONE_NEWPID`) the child is the pod's init, as [`spawn`] makes it; otherwise it only
+/// holds the namespaces until the returned value is dropped, then exits.
+#[allow(unsafe_code)]
+pub fn spawn_owner(flags: nix::sched::CloneFlags, as_init: bool) -> Result<Init, String> {
+    if threads() != 1 {
+        return Err("refusing to clone a multi-threaded process".into());
+    }
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let bits = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: with a null stack pointer clone(2) behaves as fork(2): the child runs on a
+    // copy of this single-threaded process's memory (checked above), so it may run any code.
+    let ret = unsafe { libc::syscall(libc::SYS_clone, bits, 0usize, 0usize, 0usize, 0usize) };
+    match ret {
+        -1 => Err(format!(
+            "clone({flags:?}): {}",
+            std::io::Error::last_os_error()
+        )),
+        0 => {
+            if as_init {
+                let _ = std::panic::catch_unwind(move || init_main(r, w));
+            } else {
+                drop(w);
+                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+                // Until the shim drops its end (or dies): EOF or an error both end it.
+                let mut b = [0u8; 1];
+                let _ = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&r), &mut b);
+            }
+            exit_now(0)
+        }
+        pid => {
+            drop(r);
+            Ok(Init {
+                pid: Pid::from_raw(pid as i32),
+                _alive: w,
+            })
+        }
+    }
+}
+
 #[allow(unsafe_code)]
 fn init_main(r: OwnedFd, w: OwnedFd) -> ! {
     drop(w);

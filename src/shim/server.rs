@@ -125,6 +125,19 @@ struct Plan {
     loopback_up: bool,
     /// (key as given, file under /proc/sys, value)
     sysctls: Vec<(String, PathBuf, String)>,
+    /// A user-namespaced pod: the contents of its uid_map and gid_map.
+    userns: Option<(String, String)>,
+}
+
+/// `/proc/PID/uid_map` content: one `container host length` line per mapping.
+fn id_map(what: &str, maps: &[crate::proto::shim::IdMapping]) -> Result<String, String> {
+    if maps.is_empty() {
+        return Err(format!("user namespace without {what} mappings"));
+    }
+    Ok(maps
+        .iter()
+        .map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.length))
+        .collect())
 }
 
 fn plan(config: &SandboxConfig) -> Result<Plan, String> {
@@ -162,8 +175,23 @@ fn plan(config: &SandboxConfig) -> Result<Plan, String> {
         let path = sysctl::check(key, |ns| own.contains(&ns))?;
         sysctls.push((key.clone(), path, value.clone()));
     }
+    let userns = if config.uid_mappings.is_empty() && config.gid_mappings.is_empty() {
+        None
+    } else {
+        // Namespaces the host owns cannot be joined from inside the pod's user namespace.
+        if own.len() != 3 {
+            return Err(
+                "a user-namespaced pod needs its own network, IPC and UTS namespaces".into(),
+            );
+        }
+        Some((
+            id_map("UID", &config.uid_mappings)?,
+            id_map("GID", &config.gid_mappings)?,
+        ))
+    };
     Ok(Plan {
         state_dir,
+        userns,
         pid_ns: pod(config.pid),
         loopback_up: config.loopback_up && own.contains(&Namespace::Net),
         own,
@@ -422,6 +450,61 @@ impl Shim {
     }
 
     /// Everything up to serving. On error the caller runs [`Shim::abort_start`].
+    /// A user-namespaced pod: a child cloned into a new user namespace together with the
+    /// pod's network, IPC, UTS (and PID) namespaces, which the user namespace then owns. The
+    /// shim writes its ID maps, joins its network, IPC and UTS namespaces (so that the rest
+    /// of `start` works as without a user namespace) and pins its user (and PID) namespace.
+    /// Returns the child when it is the pod's init; otherwise it has done its job and is
+    /// reaped here.
+    fn userns_owner(
+        &self,
+        dir: &Path,
+        uid_map: &str,
+        gid_map: &str,
+    ) -> Result<Option<Init>, String> {
+        use nix::sched::CloneFlags;
+        let mut flags = CloneFlags::CLONE_NEWUSER;
+        for ns in &self.plan.own {
+            flags |= ns.clone_flag();
+        }
+        if self.plan.pid_ns {
+            flags |= CloneFlags::CLONE_NEWPID;
+        }
+        let owner = init::spawn_owner(flags, self.plan.pid_ns)?;
+        let pid = owner.pid;
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        let setup = || -> Result<(), String> {
+            for (file, content) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+                std::fs::write(proc_dir.join(file), content)
+                    .map_err(|e| format!("write {file} {content:?}: {e}"))?;
+            }
+            for &ns in &self.plan.own {
+                let path = proc_dir.join("ns").join(ns.name());
+                let f = std::fs::File::open(&path)
+                    .map_err(|e| format!("open {}: {e}", path.display()))?;
+                nix::sched::setns(f, ns.clone_flag())
+                    .map_err(|e| format!("join the pod's {} namespace: {e}", ns.name()))?;
+            }
+            let paths = namespaces::ns_paths(dir);
+            namespaces::pin(&proc_dir.join("ns/user"), &paths.user).map_err(|e| e.to_string())?;
+            if self.plan.pid_ns {
+                namespaces::pin(&proc_dir.join("ns/pid"), &paths.pid).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        };
+        let result = setup();
+        if result.is_err() || !self.plan.pid_ns {
+            // The holder exits once its pipe closes; the init dies by PDEATHSIG with the shim.
+            if result.is_err() {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            drop(owner);
+            let _ = waitpid(pid, None);
+            return result.map(|()| None);
+        }
+        Ok(Some(owner))
+    }
+
     fn start(&mut self) -> Result<(), String> {
         let dir = self.plan.state_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -455,7 +538,11 @@ impl Shim {
                 .map_err(|e| format!("signalfd: {e}"))?,
         );
 
-        namespaces::unshare(&self.plan.own).map_err(|e| e.to_string())?;
+        if let Some((uid_map, gid_map)) = self.plan.userns.clone() {
+            self.init = self.userns_owner(&dir, &uid_map, &gid_map)?;
+        } else {
+            namespaces::unshare(&self.plan.own).map_err(|e| e.to_string())?;
+        }
         if let Some(h) = &self.plan.hostname {
             nix::unistd::sethostname(h).map_err(|e| format!("sethostname {h:?}: {e}"))?;
         }
@@ -469,7 +556,7 @@ impl Shim {
         for &ns in &self.plan.own {
             namespaces::pin_own(&dir, ns).map_err(|e| e.to_string())?;
         }
-        if self.plan.pid_ns {
+        if self.plan.pid_ns && self.plan.userns.is_none() {
             // The shim's own PID namespace, to return to once the init is made: the
             // processes libcontainer forks for containers and execs must see host pids
             // (it reports the pids its intermediate process sees), and containers join
