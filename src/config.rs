@@ -38,6 +38,9 @@ pub struct Config {
     pub cgroup_driver: CgroupDriver,
     /// The per-pod shim binary; by default `berth-shim` next to berthd.
     pub shim_path: Option<PathBuf>,
+    /// CDI spec directories, in increasing priority (a device defined in a later one
+    /// overrides an earlier one's).
+    pub cdi_spec_dirs: Vec<PathBuf>,
     pub cni: CniConfig,
     pub registry: RegistryConfig,
 }
@@ -52,6 +55,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             cgroup_driver: CgroupDriver::Cgroupfs,
             shim_path: None,
+            cdi_spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
         }
@@ -227,6 +231,10 @@ mod tests {
         let c = Config::parse("").unwrap();
         assert_eq!(c.socket, PathBuf::from("/run/berth/berth.sock"));
         assert_eq!(c.cgroup_driver, CgroupDriver::Cgroupfs);
+        assert_eq!(
+            c.cdi_spec_dirs,
+            vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")]
+        );
     }
 
     #[test]

@@ -105,6 +105,8 @@ struct Inner {
     host: super::host::HostFeatures,
     /// The node's devices, for privileged containers (probed once).
     host_devices: Vec<super::devices::DeviceNode>,
+    /// Read again at each create that asks for CDI devices.
+    cdi_spec_dirs: Vec<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -136,6 +138,7 @@ impl ContainerService {
                 watched: Mutex::new(Default::default()),
                 host: super::host::HostFeatures::probe(),
                 host_devices: super::devices::host_devices().unwrap_or_default(),
+                cdi_spec_dirs: cfg.cdi_spec_dirs.clone(),
             }),
         })
     }
@@ -369,6 +372,8 @@ impl ContainerService {
         super::mounts::prepare_host_paths(&mut rec.config).map_err(spec_err)?;
         pod_user_ns(&pod.spec, &mut rec.config).map_err(spec_err)?;
         let devices = super::devices::resolve(&rec.config.devices).map_err(spec_err)?;
+        let cdi = super::cdi::resolve(&self.inner.cdi_spec_dirs, &rec.config.cdi_devices)
+            .map_err(|e| spec_err(e.into()))?;
         let passwd = std::fs::read_to_string(rootfs_dir.join("etc/passwd")).ok();
         let group = std::fs::read_to_string(rootfs_dir.join("etc/group")).ok();
         let seccomp_localhost = match &rec.config.security.seccomp {
@@ -415,6 +420,7 @@ impl ContainerService {
             seccomp_localhost: seccomp_localhost.as_deref(),
             devices: &devices,
             host_devices: &self.inner.host_devices,
+            cdi: &cdi,
             target_pid_ns: None,
             image_volumes_dir: None,
             host: &self.inner.host,

@@ -2,6 +2,7 @@
 //! through the pod's shim.
 
 pub mod capabilities;
+pub mod cdi;
 pub mod config;
 pub mod devices;
 pub mod host;

@@ -27,6 +27,7 @@ use oci_spec::runtime::{
 use serde::Deserialize;
 
 use super::capabilities;
+use super::cdi::{self, Injection};
 use super::config::{ContainerConfig, IdMapping, NamespaceMode, Propagation, SeccompProfile};
 use super::devices::{DeviceKind, DeviceNode};
 use super::host::HostFeatures;
@@ -40,10 +41,10 @@ pub enum SpecError {
     #[error("{0}")]
     InvalidArgument(String),
     /// Something the request names does not exist (a user in the image's `/etc/passwd`,
-    /// a group, a CDI device).
+    /// a group).
     #[error("{0}")]
     NotFound(String),
-    /// Valid, but this runtime cannot do it (idmapped mounts, CDI devices).
+    /// Valid, but this runtime cannot do it (idmapped mounts).
     #[error("{0}")]
     Unsupported(String),
     /// A bug: oci-spec refused a value built here.
@@ -172,6 +173,9 @@ pub struct SpecInput<'a> {
     pub devices: &'a [DeviceNode],
     /// The host's `/dev` (`devices::host_devices`); used for privileged containers only.
     pub host_devices: &'a [DeviceNode],
+    /// `config.cdi_devices` resolved to their edits (`cdi::resolve`), applied last as
+    /// containerd's `WithCDI`.
+    pub cdi: &'a Injection,
     /// For PID `NamespaceMode::Target`: the target container's PID namespace.
     pub target_pid_ns: Option<&'a Path>,
     /// Where the image's `Volumes` get their host directories (`image_volume_mounts`);
@@ -956,9 +960,13 @@ pub fn generate(input: &SpecInput) -> Result<Spec, SpecError> {
             config.metadata.name, pod.pod_id
         )));
     }
-    if let Some(d) = config.cdi_devices.first() {
-        return Err(SpecError::Unsupported(format!(
-            "CDI device {d:?} cannot be injected: this runtime has no CDI support"
+    if let Some(d) = config
+        .cdi_devices
+        .iter()
+        .find(|d| !input.cdi.devices.contains(d))
+    {
+        return Err(SpecError::Internal(format!(
+            "CDI device {d:?} was not resolved"
         )));
     }
 
@@ -1087,6 +1095,7 @@ pub fn generate(input: &SpecInput) -> Result<Spec, SpecError> {
         .map_err(internal)?;
     spec.set_hostname(None);
     spec.set_domainname(None);
+    cdi::apply(&input.cdi.edits, &mut spec);
     Ok(spec)
 }
 
@@ -1114,6 +1123,7 @@ mod tests {
         seccomp_localhost: Option<String>,
         devices: Vec<DeviceNode>,
         host_devices: Vec<DeviceNode>,
+        cdi: Injection,
         target_pid_ns: Option<PathBuf>,
         image_volumes_dir: Option<PathBuf>,
     }
@@ -1164,6 +1174,7 @@ mod tests {
                 seccomp_localhost: None,
                 devices: Vec::new(),
                 host_devices: Vec::new(),
+                cdi: Injection::default(),
                 target_pid_ns: None,
                 image_volumes_dir: None,
             }
@@ -1182,6 +1193,7 @@ mod tests {
                 seccomp_localhost: self.seccomp_localhost.as_deref(),
                 devices: &self.devices,
                 host_devices: &self.host_devices,
+                cdi: &self.cdi,
                 target_pid_ns: self.target_pid_ns.as_deref(),
                 image_volumes_dir: self.image_volumes_dir.as_deref(),
                 host: &self.host,
@@ -2103,9 +2115,57 @@ mod tests {
         assert_eq!((rules[1].major(), rules[1].minor()), (Some(10), Some(229)));
         f.devices[0].permissions = "rwx".into();
         assert!(matches!(f.spec(), Err(SpecError::InvalidArgument(_))));
-        let mut f = Fixture::new();
+
+        // CDI: a device the caller did not resolve is a bug; resolved edits come last.
         f.config.cdi_devices = sv(&["vendor.com/gpu=0"]);
-        assert!(matches!(f.spec(), Err(SpecError::Unsupported(_))));
+        assert!(matches!(f.spec(), Err(SpecError::Internal(_))));
+        f.cdi = Injection {
+            devices: sv(&["vendor.com/gpu=0"]),
+            edits: cdi::ContainerEdits {
+                env: sv(&["IMG=cdi", "GPU=0"]),
+                device_nodes: vec![cdi::DeviceNodeEdit {
+                    path: "/dev/gpu0".into(),
+                    typ: "c".into(),
+                    major: 195,
+                    minor: 0,
+                    ..Default::default()
+                }],
+                mounts: vec![cdi::MountEdit {
+                    host_path: "/usr/lib/gpu".into(),
+                    container_path: "/usr/lib/gpu".into(),
+                    options: sv(&["ro", "bind"]),
+                    typ: String::new(),
+                }],
+                ..Default::default()
+            },
+        };
+        f.devices[0].permissions = "rw".into();
+        let s = f.ok();
+        assert!(env(&s).contains(&"IMG=cdi".to_string()));
+        assert!(!env(&s).contains(&"IMG=1".to_string()));
+        assert_eq!(env(&s).last().map(String::as_str), Some("GPU=0"));
+        let devs = linux(&s).devices().clone().unwrap();
+        assert_eq!(devs.len(), 2);
+        assert_eq!((devs[1].major(), devs[1].minor()), (195, 0));
+        let rules = linux(&s)
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .clone()
+            .unwrap();
+        assert_eq!(rules.len(), 3);
+        assert_eq!(
+            (rules[2].major(), rules[2].access().as_deref()),
+            (Some(195), Some("rwm"))
+        );
+        assert!(
+            s.mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.destination() == Path::new("/usr/lib/gpu"))
+        );
     }
 
     // ---- annotations, stop signal -------------------------------------------------------

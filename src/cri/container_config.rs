@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 
 use tonic::Status;
 
-use crate::container::capabilities;
 use crate::container::config::{
     Capabilities, ContainerConfig, ContainerMetadata, Device, EnvVar, HugepageLimit, IdMapping,
     Mount, NamespaceMode, NamespaceOptions, Propagation, Resources, SeccompProfile,
     SecurityContext, SupplementalGroupsPolicy, UserNamespace,
 };
 use crate::container::spec::SpecError;
+use crate::container::{capabilities, cdi};
 use crate::proto::runtime::v1 as cri;
 
 impl From<SpecError> for Status {
@@ -391,6 +391,16 @@ pub fn container_config(c: &cri::ContainerConfig) -> Result<ContainerConfig, Sta
     if c.cdi_devices.iter().any(|d| d.name.is_empty()) {
         return Err(invalid("CDI device with an empty name"));
     }
+    // containerd's `WithCDI`: the CRI field's devices, then the `cdi.k8s.io/*`
+    // annotations' (device plugins), each once.
+    let mut cdi_devices: Vec<String> = Vec::new();
+    let annotated = cdi::annotation_devices(&c.annotations).map_err(|e| invalid(e.to_string()))?;
+    let named = c.cdi_devices.iter().map(|d| d.name.clone());
+    for d in named.chain(annotated) {
+        if !cdi_devices.contains(&d) {
+            cdi_devices.push(d);
+        }
+    }
     let stop_signal = match cri::Signal::try_from(c.stop_signal) {
         Ok(cri::Signal::RuntimeDefault) => None,
         Ok(s) => Some(s.as_str_name().to_string()),
@@ -417,7 +427,7 @@ pub fn container_config(c: &cri::ContainerConfig) -> Result<ContainerConfig, Sta
             .collect(),
         mounts: c.mounts.iter().map(mount).collect::<Result<_, _>>()?,
         devices: c.devices.iter().map(device).collect::<Result<_, _>>()?,
-        cdi_devices: c.cdi_devices.iter().map(|d| d.name.clone()).collect(),
+        cdi_devices,
         labels: c.labels.clone().into_iter().collect(),
         annotations: c.annotations.clone().into_iter().collect(),
         log_path: c.log_path.clone(),
@@ -606,6 +616,34 @@ mod tests {
         assert_eq!(code(&c), Code::InvalidArgument);
         c.devices[0].permissions = "r".into();
         c.devices[0].host_path = "fuse".into();
+        assert_eq!(code(&c), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn cdi_devices_come_from_the_field_then_the_annotations_once_each() {
+        let mut c = base();
+        c.cdi_devices = vec![cri::CdiDevice {
+            name: "vendor.com/gpu=0".into(),
+        }];
+        c.annotations = [
+            ("cdi.k8s.io/b_plugin".into(), "vendor.com/gpu=2".into()),
+            (
+                "cdi.k8s.io/a_plugin".into(),
+                "vendor.com/gpu=1,vendor.com/gpu=0".into(),
+            ),
+            ("other.io/x".into(), "not a device".into()),
+        ]
+        .into();
+        assert_eq!(
+            container_config(&c).unwrap().cdi_devices,
+            vec!["vendor.com/gpu=0", "vendor.com/gpu=1", "vendor.com/gpu=2"]
+        );
+        c.annotations.insert("cdi.k8s.io/c".into(), "gpu0".into());
+        let e = container_config(&c).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("\"gpu0\""), "{e:?}");
+        c.annotations.clear();
+        c.cdi_devices[0].name.clear();
         assert_eq!(code(&c), Code::InvalidArgument);
     }
 

@@ -279,6 +279,7 @@ impl Cri {
             "socket": c.socket,
             "cgroupDriver": format!("{:?}", c.cgroup_driver).to_lowercase(),
             "cni": { "confDir": c.cni.conf_dir, "binDirs": c.cni.bin_dirs },
+            "cdiSpecDirs": c.cdi_spec_dirs,
             "registry": { "hosts": registries },
         })
         .to_string()
