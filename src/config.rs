@@ -38,6 +38,9 @@ pub struct Config {
     pub cgroup_driver: CgroupDriver,
     /// The per-pod shim binary; by default `berth-shim` next to berthd.
     pub shim_path: Option<PathBuf>,
+    /// `IP:PORT` of the streaming server behind Exec, Attach and PortForward URLs; port 0
+    /// picks a free one (the URLs carry the real port).
+    pub stream_address: String,
     /// CDI spec directories, in increasing priority (a device defined in a later one
     /// overrides an earlier one's).
     pub cdi_spec_dirs: Vec<PathBuf>,
@@ -55,6 +58,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             cgroup_driver: CgroupDriver::Cgroupfs,
             shim_path: None,
+            stream_address: "127.0.0.1:0".into(),
             cdi_spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
@@ -214,7 +218,18 @@ impl Config {
             message: e.to_string(),
         })?;
         cfg.registry.validate()?;
+        cfg.stream_socket_addr()?;
         Ok(cfg)
+    }
+
+    /// `stream_address` parsed.
+    pub fn stream_socket_addr(&self) -> Result<std::net::SocketAddr, Error> {
+        self.stream_address.parse().map_err(|_| {
+            Error::Invalid(format!(
+                "stream_address: {:?} is not IP:PORT (e.g. \"127.0.0.1:0\" or \"[::1]:10010\")",
+                self.stream_address
+            ))
+        })
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -279,6 +294,16 @@ mod tests {
     fn the_shipped_example_config_is_valid() {
         let c = Config::parse(include_str!("../config/berth.toml")).unwrap();
         assert_eq!(c.root, PathBuf::from("/var/lib/berth"));
+    }
+
+    #[test]
+    fn stream_address_is_ip_and_port() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.stream_socket_addr().unwrap().to_string(), "127.0.0.1:0");
+        let c = Config::parse("stream_address = \"[::1]:10010\"").unwrap();
+        assert_eq!(c.stream_socket_addr().unwrap().port(), 10010);
+        let err = Config::parse("stream_address = \"localhost\"").unwrap_err();
+        assert!(err.to_string().contains("stream_address"), "{err}");
     }
 
     #[test]

@@ -15,3 +15,4 @@ pub mod sandbox;
 pub mod shim;
 pub mod stats;
 pub mod store;
+pub mod streaming;

@@ -16,6 +16,7 @@ use berth::cri::{self, Cri};
 use berth::image::ImageService;
 use berth::sandbox::SandboxService;
 use berth::store::Db;
+use berth::streaming::StreamServer;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -189,19 +190,27 @@ async fn run(cfg: Config) -> Result<()> {
         .recover()
         .await
         .context("cannot recover containers")?;
+    let stream_addr = cfg.stream_socket_addr()?;
+    let stream_listener = tokio::net::TcpListener::bind(stream_addr)
+        .await
+        .with_context(|| format!("cannot bind the streaming server to {stream_addr}"))?;
+    let streaming = StreamServer::new(stream_listener.local_addr()?, sandboxes.clone());
     let listener = bind_socket(&cfg.socket)?;
     let socket = cfg.socket.clone();
     tracing::info!(
         socket = %socket.display(),
         root = %cfg.root.display(),
+        streaming = %stream_listener.local_addr()?,
         version = env!("CARGO_PKG_VERSION"),
         "berthd serving the CRI"
     );
+    tokio::spawn(streaming.clone().serve(stream_listener));
     let cri = Arc::new(Cri {
         config: Arc::new(cfg),
         images,
         sandboxes,
         containers,
+        streaming,
     });
     cri::serve(listener, cri::routes(cri), shutdown_signal()).await;
     let _ = std::fs::remove_file(&socket);

@@ -8,6 +8,7 @@ mod runtime;
 mod runtime_container;
 mod runtime_sandbox;
 mod runtime_stats;
+mod runtime_streaming;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub struct Cri {
     pub images: ImageService,
     pub sandboxes: SandboxService,
     pub containers: ContainerService,
+    pub streaming: crate::streaming::StreamServer,
 }
 
 /// Message size limit as kubelet's client sets it (16 MiB), so large lists go through.

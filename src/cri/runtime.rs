@@ -228,6 +228,13 @@ impl RuntimeService for Cri {
         self.get_container_events_impl(req).await
     }
 
+    async fn port_forward(
+        &self,
+        req: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        self.port_forward_impl(req).await
+    }
+
     async fn checkpoint_container(
         &self,
         _req: Request<cri::CheckpointContainerRequest>,
@@ -278,6 +285,7 @@ impl Cri {
             "stateDir": c.state_dir,
             "socket": c.socket,
             "cgroupDriver": format!("{:?}", c.cgroup_driver).to_lowercase(),
+            "streamAddress": c.stream_address,
             "cni": { "confDir": c.cni.conf_dir, "binDirs": c.cni.bin_dirs },
             "cdiSpecDirs": c.cdi_spec_dirs,
             "registry": { "hosts": registries },

@@ -1,0 +1,737 @@
+//! The streaming server (Exec, Attach, PortForward) with the real berthd, real pods and
+//! containers: a SPDY/3.1 client built on berth's own codec (`berth::streaming::spdy`)
+//! drives it as client-go would, and checks what the server must do beyond what client-go
+//! notices (flow control windows, stream replies before data, GOAWAY).
+//!
+//! Every test runs its own registry, network and berthd, puts its pods' cgroups under
+//! `/berth-test-<pid>-<tag>` (emptied and removed on drop by a [`CgroupGuard`]), and
+//! cleans up also when it fails.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use berth::streaming::spdy::{self, Frame, FrameDecoder, FrameEncoder};
+use bytes::{Bytes, BytesMut};
+use common::registry::{Registry, testimg};
+use common::{Berthd, TestNetwork, cri, spec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tonic::Code;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// How long a test waits for any one thing the server should do.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Removes a test's cgroup tree from every hierarchy, killing what still runs in it.
+struct CgroupGuard(String);
+
+impl CgroupGuard {
+    fn new(tag: &str) -> CgroupGuard {
+        CgroupGuard(format!("berth-test-{}-{tag}", std::process::id()))
+    }
+
+    fn parent(&self, name: &str) -> String {
+        format!("/{}/{name}", self.0)
+    }
+
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for h in std::fs::read_dir(CGROUP_ROOT)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let mut stack = vec![h.path().join(&self.0)];
+            while let Some(d) = stack.pop() {
+                if !d.is_dir() {
+                    continue;
+                }
+                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(e.path());
+                    }
+                }
+                out.push(d);
+            }
+        }
+        out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        out
+    }
+
+    /// PIDs of processes anywhere in the tree.
+    fn pids(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self
+            .dirs()
+            .iter()
+            .flat_map(|d| {
+                std::fs::read_to_string(d.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            for p in self.pids() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            for d in self.dirs() {
+                let _ = std::fs::remove_dir(d);
+            }
+            if self.dirs().is_empty() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One test's world: cgroup tree, berthd, CNI network and registry (dropped in this
+/// order), with the busybox test image pulled.
+struct Env {
+    cg: CgroupGuard,
+    d: Berthd,
+    #[allow(dead_code)]
+    net: TestNetwork,
+    #[allow(dead_code)]
+    reg: Registry,
+    image: String,
+}
+
+impl Env {
+    async fn new(tag: &str) -> Env {
+        let cg = CgroupGuard::new(tag);
+        let reg = Registry::start_only(&[testimg::BUSYBOX]);
+        let net = TestNetwork::new();
+        let d = Berthd::start(&format!(
+            "{}[registry.hosts.\"{}\"]\nplain_http = true\n",
+            net.toml(),
+            reg.addr()
+        ));
+        let image = reg.reference(testimg::BUSYBOX);
+        d.images()
+            .await
+            .pull_image(cri::PullImageRequest {
+                image: spec(&image),
+                ..Default::default()
+            })
+            .await
+            .expect("pull busybox");
+        Env {
+            cg,
+            d,
+            net,
+            reg,
+            image,
+        }
+    }
+
+    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        let mut c = common::pod_config(name);
+        c.linux.as_mut().unwrap().cgroup_parent = self.cg.parent(name);
+        c
+    }
+
+    async fn run_pod(&self, config: &cri::PodSandboxConfig) -> String {
+        self.d
+            .runtime()
+            .await
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("run pod")
+            .into_inner()
+            .pod_sandbox_id
+    }
+
+    async fn stop_pod(&self, id: &str) {
+        self.d
+            .runtime()
+            .await
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .expect("stop pod");
+    }
+
+    async fn remove_pod(&self, id: &str) {
+        self.stop_pod(id).await;
+        self.d
+            .runtime()
+            .await
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .expect("remove pod");
+    }
+
+    /// Creates and starts a busybox container running `cmd`.
+    async fn run(&self, pod: &str, pod_config: &cri::PodSandboxConfig, cmd: &[&str]) -> String {
+        let mut rt = self.d.runtime().await;
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "c".into(),
+                        attempt: 0,
+                    }),
+                    image: spec(&self.image),
+                    command: cmd.iter().map(|s| s.to_string()).collect(),
+                    linux: Some(cri::LinuxContainerConfig::default()),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(pod_config.clone()),
+            })
+            .await
+            .expect("create container")
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("start container");
+        id
+    }
+
+    async fn port_forward_url(&self, pod: &str) -> Result<String, tonic::Status> {
+        self.d
+            .runtime()
+            .await
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: pod.into(),
+                port: vec![],
+            })
+            .await
+            .map(|r| r.into_inner().url)
+    }
+}
+
+/// `host:port` and path of a streaming URL.
+fn split_url(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    (host.to_string(), format!("/{path}"))
+}
+
+/// Sends an HTTP/1.1 request and reads the response head: status, headers, and the bytes
+/// that followed the head.
+async fn http_request(
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+) -> (TcpStream, u16, Vec<(String, String)>, BytesMut) {
+    let (host, path) = split_url(url);
+    let mut sock = TcpStream::connect(&host).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = BytesMut::new();
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = tokio::time::timeout(WAIT, sock.read_buf(&mut buf))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before a response");
+    };
+    let head = String::from_utf8(buf.split_to(end + 4).to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (sock, status, headers, buf)
+}
+
+/// What the client saw of one stream.
+#[derive(Default, Debug)]
+struct StreamSeen {
+    replied: bool,
+    data: Vec<u8>,
+    fin: bool,
+    reset: Option<u32>,
+    /// Data received and not yet acknowledged with a WINDOW_UPDATE.
+    unacked: u32,
+}
+
+/// A SPDY/3.1 client on berth's codec, behaving like client-go (odd stream ids, headers
+/// lower case) plus, when `flow_control` is on, a client that keeps windows: it announces
+/// a small initial window, acknowledges what it reads, honours the server's windows, and
+/// fails the test if the server overruns its window.
+struct SpdyClient {
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    enc: FrameEncoder,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    next_id: u32,
+    streams: HashMap<u32, StreamSeen>,
+    goaway: bool,
+    /// The window we announced (with flow control), else None.
+    flow_control: Option<u32>,
+    /// Our send windows as the server grants them: per stream and the connection's.
+    send_windows: HashMap<u32, i64>,
+    conn_send_window: i64,
+    conn_unacked: u32,
+    pub protocol: String,
+}
+
+impl SpdyClient {
+    /// Upgrades to SPDY/3.1 offering `protocols`; panics unless the server switches.
+    async fn connect(url: &str, protocols: &str, flow_window: Option<u32>) -> SpdyClient {
+        let (sock, status, headers, rest) = http_request(
+            url,
+            "POST",
+            &[
+                ("Connection", "Upgrade"),
+                ("Upgrade", "SPDY/3.1"),
+                ("X-Stream-Protocol-Version", protocols),
+            ],
+        )
+        .await;
+        assert_eq!(status, 101, "upgrade refused: {headers:?}");
+        let header = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(header("upgrade"), "SPDY/3.1");
+        let protocol = header("x-stream-protocol-version");
+        let (mut rd, wr) = sock.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut dec = FrameDecoder::new();
+            let mut buf = rest;
+            loop {
+                while let Some(f) = dec.decode(&mut buf).expect("the server's frames decode") {
+                    if tx.send(f).is_err() {
+                        return;
+                    }
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        let mut c = SpdyClient {
+            wr,
+            enc: FrameEncoder::new(),
+            rx,
+            next_id: 1,
+            streams: HashMap::new(),
+            goaway: false,
+            flow_control: flow_window,
+            send_windows: HashMap::new(),
+            conn_send_window: spdy::INITIAL_WINDOW as i64,
+            conn_unacked: 0,
+            protocol,
+        };
+        if let Some(w) = flow_window {
+            c.send(Frame::Settings {
+                flags: 0,
+                entries: vec![(0, spdy::SETTINGS_INITIAL_WINDOW_SIZE, w)],
+            })
+            .await;
+        }
+        c
+    }
+
+    async fn send(&mut self, f: Frame) {
+        let mut buf = BytesMut::new();
+        self.enc.encode(&f, &mut buf).unwrap();
+        self.wr.write_all(&buf).await.expect("write to the server");
+    }
+
+    /// Opens a stream with these headers; returns its id.
+    async fn open(&mut self, headers: &[(&str, &str)]) -> u32 {
+        let id = self.next_id;
+        self.next_id += 2;
+        self.streams.insert(id, StreamSeen::default());
+        self.send_windows.insert(id, spdy::INITIAL_WINDOW as i64);
+        self.send(Frame::SynStream {
+            stream_id: id,
+            associated_to: 0,
+            priority: 0,
+            flags: 0,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+        .await;
+        id
+    }
+
+    /// Sends `data` on a stream, within the server's windows when keeping them (reading
+    /// what arrives meanwhile), and FIN when `fin`.
+    async fn write(&mut self, id: u32, mut data: &[u8], fin: bool) {
+        while !data.is_empty() {
+            let mut n = data.len().min(16 * 1024);
+            if self.flow_control.is_some() {
+                let open = self.send_windows[&id].min(self.conn_send_window);
+                if open <= 0 {
+                    self.next().await;
+                    continue;
+                }
+                n = n.min(open as usize);
+                *self.send_windows.get_mut(&id).unwrap() -= n as i64;
+                self.conn_send_window -= n as i64;
+            }
+            self.send(Frame::Data {
+                stream_id: id,
+                flags: 0,
+                data: Bytes::copy_from_slice(&data[..n]),
+            })
+            .await;
+            data = &data[n..];
+        }
+        if fin {
+            self.send(Frame::Data {
+                stream_id: id,
+                flags: spdy::FLAG_FIN,
+                data: Bytes::new(),
+            })
+            .await;
+        }
+    }
+
+    /// Reads one frame and records it; false once the server closed the connection.
+    async fn next(&mut self) -> bool {
+        let f = match tokio::time::timeout(WAIT, self.rx.recv()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return false,
+            Err(_) => panic!(
+                "no frame from the server within {WAIT:?}: {:?}",
+                self.streams
+            ),
+        };
+        match f {
+            Frame::SynReply { stream_id, .. } => {
+                let s = self
+                    .streams
+                    .get_mut(&stream_id)
+                    .expect("reply to our stream");
+                assert!(!s.replied, "stream {stream_id} replied twice");
+                s.replied = true;
+            }
+            Frame::Data {
+                stream_id,
+                flags,
+                data,
+            } => {
+                let s = self
+                    .streams
+                    .get_mut(&stream_id)
+                    .expect("data on our stream");
+                assert!(s.replied, "data before SYN_REPLY on stream {stream_id}");
+                assert!(!s.fin, "data after FIN on stream {stream_id}");
+                s.data.extend_from_slice(&data);
+                s.fin |= flags & spdy::FLAG_FIN != 0;
+                if let Some(window) = self.flow_control {
+                    s.unacked += data.len() as u32;
+                    self.conn_unacked += data.len() as u32;
+                    assert!(
+                        s.unacked <= window,
+                        "the server overran stream {stream_id}'s window: {} > {window}",
+                        s.unacked
+                    );
+                    assert!(
+                        self.conn_unacked <= spdy::INITIAL_WINDOW,
+                        "the server overran the connection window"
+                    );
+                    // Acknowledge in halves of the window, as flow-controlling clients
+                    // do: the server must stop once the unacknowledged rest is used up.
+                    if s.unacked >= window / 2 {
+                        let delta = std::mem::take(&mut s.unacked);
+                        self.send(Frame::WindowUpdate { stream_id, delta }).await;
+                    }
+                    if self.conn_unacked >= spdy::INITIAL_WINDOW / 2 {
+                        let delta = std::mem::take(&mut self.conn_unacked);
+                        self.send(Frame::WindowUpdate {
+                            stream_id: 0,
+                            delta,
+                        })
+                        .await;
+                    }
+                }
+            }
+            Frame::RstStream { stream_id, status } => {
+                if let Some(s) = self.streams.get_mut(&stream_id) {
+                    s.reset = Some(status);
+                }
+            }
+            Frame::WindowUpdate { stream_id, delta } => {
+                if stream_id == 0 {
+                    self.conn_send_window += delta as i64;
+                } else if let Some(w) = self.send_windows.get_mut(&stream_id) {
+                    *w += delta as i64;
+                }
+            }
+            Frame::GoAway { .. } => self.goaway = true,
+            Frame::Ping { id } => self.send(Frame::Ping { id }).await,
+            other => panic!("unexpected frame from the server: {other:?}"),
+        }
+        true
+    }
+
+    /// Reads frames until `done` holds; panics if the connection ends first.
+    async fn until(&mut self, what: &str, done: impl Fn(&SpdyClient) -> bool) {
+        while !done(self) {
+            assert!(
+                self.next().await,
+                "connection closed while waiting for {what}: {:?}",
+                self.streams
+            );
+        }
+    }
+
+    fn seen(&self, id: u32) -> &StreamSeen {
+        &self.streams[&id]
+    }
+}
+
+/// Opens a port-forward stream pair (error, then data, as client-go) for `port`.
+async fn forward_pair(c: &mut SpdyClient, port: u16, request: u32) -> (u32, u32) {
+    let (port, request) = (port.to_string(), request.to_string());
+    let err = c
+        .open(&[
+            ("streamtype", "error"),
+            ("port", &port),
+            ("requestid", &request),
+        ])
+        .await;
+    let data = c
+        .open(&[
+            ("streamtype", "data"),
+            ("port", &port),
+            ("requestid", &request),
+        ])
+        .await;
+    c.until("both replies", |c| {
+        c.seen(err).replied && c.seen(data).replied
+    })
+    .await;
+    (err, data)
+}
+
+/// Deterministic bytes that make reordering or loss visible.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_into_a_pod() {
+    let env = Env::new("pf").await;
+    let pc = env.pod_config("pf");
+    let pod = env.run_pod(&pc).await;
+    // A persistent echo server in the pod.
+    env.run(&pod, &pc, &["nc", "-ll", "-p", "8080", "-e", "cat"])
+        .await;
+
+    let url = env.port_forward_url(&pod).await.expect("PortForward");
+    let mut c = SpdyClient::connect(&url, "portforward.k8s.io", Some(8 * 1024)).await;
+    assert_eq!(c.protocol, "portforward.k8s.io");
+
+    // The server starts listening soon after the container starts: retry until it does.
+    let deadline = Instant::now() + WAIT;
+    let mut request = 0;
+    let (err, data) = loop {
+        let (err, data) = forward_pair(&mut c, 8080, request).await;
+        request += 1;
+        c.write(data, b"ping\n", false).await;
+        c.until("echo or error", |c| {
+            c.seen(data).data.len() >= 5 || c.seen(err).fin || c.seen(data).reset.is_some()
+        })
+        .await;
+        if c.seen(data).data == b"ping\n" {
+            break (err, data);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the echo server never answered: {:?}",
+            String::from_utf8_lossy(&c.seen(err).data)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // 1 MiB through the echo server, both ways at once, within 8 KiB windows.
+    let payload = pattern(1 << 20);
+    c.write(data, &payload, true).await;
+    c.until("the echo and FIN", |c| c.seen(data).fin).await;
+    assert_eq!(c.seen(data).data.len(), 5 + payload.len());
+    assert!(c.seen(data).data[5..] == payload[..], "echo differs");
+    c.until("the error stream's FIN", |c| c.seen(err).fin).await;
+    assert!(c.seen(err).data.is_empty(), "{:?}", c.seen(err));
+
+    // Nothing listens on port 9: the error stream says so, the data stream is reset.
+    let (err, data) = forward_pair(&mut c, 9, 1000).await;
+    c.until("the error", |c| {
+        c.seen(err).fin && c.seen(data).reset.is_some()
+    })
+    .await;
+    let msg = String::from_utf8_lossy(&c.seen(err).data).into_owned();
+    assert!(
+        msg.contains("error forwarding port 9 to pod") && msg.contains("refused"),
+        "{msg}"
+    );
+
+    // Streams without a valid port or type are refused.
+    let bad = c.open(&[("streamtype", "data"), ("port", "0")]).await;
+    c.until("a refusal", |c| c.seen(bad).reset.is_some()).await;
+    assert_eq!(c.seen(bad).reset, Some(spdy::REFUSED_STREAM));
+    assert!(!c.seen(bad).replied);
+    drop(c);
+
+    // A client that never sends WINDOW_UPDATE (moby/spdystream) still gets everything.
+    let url = env.port_forward_url(&pod).await.expect("PortForward");
+    let mut c = SpdyClient::connect(&url, "portforward.k8s.io", None).await;
+    let (err, data) = forward_pair(&mut c, 8080, 0).await;
+    let payload = pattern(300 * 1024);
+    c.write(data, &payload, true).await;
+    c.until("the echo and FIN", |c| c.seen(data).fin).await;
+    assert!(c.seen(data).data == payload, "echo differs");
+    c.until("the error stream's FIN", |c| c.seen(err).fin).await;
+    // The client leaves: GOAWAY, then the server lets go of the connection.
+    c.send(Frame::GoAway {
+        last_good_stream_id: 0,
+        status: 0,
+    })
+    .await;
+    drop(c);
+
+    env.remove_pod(&pod).await;
+    let err = env.port_forward_url(&pod).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_of_a_host_network_pod_reaches_the_host() {
+    let env = Env::new("pfhost").await;
+    let mut pc = env.pod_config("pfhost");
+    pc.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            network: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = env.run_pod(&pc).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"hello from the host").await.unwrap();
+    });
+    let url = env.port_forward_url(&pod).await.expect("PortForward");
+    let mut c = SpdyClient::connect(&url, "portforward.k8s.io", None).await;
+    let (err, data) = forward_pair(&mut c, port, 0).await;
+    c.until("the host's greeting", |c| c.seen(data).fin).await;
+    assert_eq!(c.seen(data).data, b"hello from the host");
+    c.until("the error stream's FIN", |c| c.seen(err).fin).await;
+    server.await.unwrap();
+
+    // A pod that is not ready cannot forward.
+    env.stop_pod(&pod).await;
+    let err = env.port_forward_url(&pod).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    env.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_are_one_time_tokens_and_handshakes_are_checked() {
+    let env = Env::new("tokens").await;
+    let pc = env.pod_config("tokens");
+    let pod = env.run_pod(&pc).await;
+    let spdy_headers = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "SPDY/3.1"),
+        ("X-Stream-Protocol-Version", "portforward.k8s.io"),
+    ];
+    let url = env.port_forward_url(&pod).await.expect("PortForward");
+    let (host, path) = split_url(&url);
+    assert!(host.starts_with("127.0.0.1:"), "{url}");
+    assert!(path.starts_with("/portforward/"), "{url}");
+
+    // Unknown tokens, and tokens on another endpoint's path, are 404.
+    let bogus = format!("http://{host}/portforward/AAAAAAAA");
+    assert_eq!(http_request(&bogus, "POST", &spdy_headers).await.1, 404);
+    let wrong = url.replace("/portforward/", "/exec/");
+    assert_eq!(http_request(&wrong, "POST", &spdy_headers).await.1, 404);
+    // ... which used that token up.
+    assert_eq!(http_request(&url, "POST", &spdy_headers).await.1, 404);
+
+    // A protocol the server does not speak: 403 naming the ones it does.
+    let url = env.port_forward_url(&pod).await.unwrap();
+    let (_, status, headers, _) = http_request(
+        &url,
+        "POST",
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "SPDY/3.1"),
+            ("X-Stream-Protocol-Version", "v4.channel.k8s.io"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "x-accepted-stream-protocol-versions" && v == "portforward.k8s.io"),
+        "{headers:?}"
+    );
+    // No upgrade asked for: 400.
+    let url = env.port_forward_url(&pod).await.unwrap();
+    let (_, status, _, _) = http_request(
+        &url,
+        "GET",
+        &[("X-Stream-Protocol-Version", "portforward.k8s.io")],
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // A token works once.
+    let url = env.port_forward_url(&pod).await.unwrap();
+    let c = SpdyClient::connect(&url, "portforward.k8s.io", None).await;
+    drop(c);
+    assert_eq!(http_request(&url, "POST", &spdy_headers).await.1, 404);
+
+    let err = env.port_forward_url("nosuchpod").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    env.remove_pod(&pod).await;
+}
