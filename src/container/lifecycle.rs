@@ -61,7 +61,7 @@ fn spec_err(e: spec::SpecError) -> Error {
 }
 
 /// A shim error, classified: the caller's mistakes keep their meaning.
-fn shim_err(id: &str, what: &str, e: shim::Error) -> Error {
+pub(super) fn shim_err(id: &str, what: &str, e: shim::Error) -> Error {
     match e {
         shim::Error::NotFound(m) => Error::NotFound(format!("{id}: {m}")),
         shim::Error::FailedPrecondition(m) => {
@@ -162,6 +162,11 @@ impl ContainerService {
 
     fn forget_lock(&self, id: &str) {
         self.inner.locks.forget(id);
+    }
+
+    /// The shim of the container's pod.
+    pub(super) fn shim(&self, c: &ContainerRecord) -> ShimClient {
+        ShimClient::new(&self.inner.sandboxes.pod_dir(&c.pod_id))
     }
 
     fn bundle(&self, c: &ContainerRecord) -> PathBuf {

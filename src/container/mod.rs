@@ -6,6 +6,7 @@ pub mod cdi;
 pub mod config;
 pub mod devices;
 pub mod host;
+pub mod interactive;
 pub mod lifecycle;
 pub mod mounts;
 pub mod rootfs;
@@ -13,4 +14,5 @@ pub mod seccomp;
 pub mod spec;
 pub mod user;
 
+pub use interactive::{Attach, ProcessIo};
 pub use lifecycle::{ContainerService, Error};

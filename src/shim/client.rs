@@ -2,21 +2,23 @@
 //!
 //! Every call is bounded in time so that a hung shim cannot hang berthd.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
+use super::fdpass;
 use super::framing::{self, Frame};
 use super::server::{pid_path, socket_path};
 use crate::proto::shim::{
-    ContainerState, ContainerStateRequest, CreateContainerRequest, DeleteContainerRequest,
-    ErrorKind, Event, ExecSyncRequest, ExecSyncResponse, KillContainerRequest, PingRequest,
-    PingResponse, ReopenLogRequest, Request, Response, SandboxConfig, ShutdownRequest,
-    StartContainerRequest, SubscribeRequest, request, response,
+    AttachRequest, ContainerState, ContainerStateRequest, CreateContainerRequest,
+    DeleteContainerRequest, ErrorKind, Event, ExecRequest, ExecSyncRequest, ExecSyncResponse,
+    KillContainerRequest, PingRequest, PingResponse, ReopenLogRequest, Request, Response,
+    SandboxConfig, ShutdownRequest, StartContainerRequest, SubscribeRequest, request, response,
 };
 
 /// How long a shim may take to start (namespaces, sysctls, pins) and report ready.
@@ -239,6 +241,86 @@ impl ShimClient {
         }
     }
 
+    /// Runs `args` in the container with `stdio` ([stdin, stdout, stderr]; None is
+    /// /dev/null) as the process's own stdio; with `tty`, the one given (a pty slave) is
+    /// all three and its controlling terminal. Resolves with the exit code (128 + signal
+    /// when killed) once the process has ended. Dropping the future before that closes
+    /// the connection, and the shim kills the process. Errors as for `exec_sync`.
+    pub async fn exec_interactive(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        tty: bool,
+        stdio: [Option<OwnedFd>; 3],
+    ) -> Result<i32, Error> {
+        let [stdin, stdout, stderr] = stdio;
+        let req = request::Kind::Exec(ExecRequest {
+            container_id: id.into(),
+            args,
+            tty,
+            stdin: stdin.is_some(),
+            stdout: stdout.is_some(),
+            stderr: stderr.is_some(),
+        });
+        let fds: Vec<OwnedFd> = [stdin, stdout, stderr].into_iter().flatten().collect();
+        // The fds are the shim's once sent (our copies close when `fds` is dropped there),
+        // so that the caller sees EOF when the process ends.
+        let (mut stream, mut reader, resp) =
+            tokio::time::timeout(REQUEST_TIMEOUT, self.exchange_fds("exec", req, fds))
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: "exec",
+                    after: REQUEST_TIMEOUT,
+                })??;
+        match answer("exec", resp)? {
+            response::Kind::ExecStarted(_) => {}
+            other => return Err(unexpected("exec", &other)),
+        }
+        match answer("exec", reader.next(&mut stream, "exec").await?)? {
+            response::Kind::ExecExit(e) => Ok(e.exit_code),
+            other => Err(unexpected("exec", &other)),
+        }
+    }
+
+    /// Attaches `stdout` and `stderr` (write ends, either may be absent) to the
+    /// container's output until it exits (see `AttachRequest`); returns its stdin (the
+    /// write end of its stdin pipe or a duplicate of its pty master, non-blocking; None
+    /// without one) and whether it has a tty. NotFound for an unknown container,
+    /// FailedPrecondition once it has exited.
+    pub async fn attach(
+        &self,
+        id: &str,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+    ) -> Result<(Option<OwnedFd>, bool), Error> {
+        let req = request::Kind::Attach(AttachRequest {
+            id: id.into(),
+            stdout: stdout.is_some(),
+            stderr: stderr.is_some(),
+        });
+        let fds: Vec<OwnedFd> = [stdout, stderr].into_iter().flatten().collect();
+        let (_, mut reader, resp) =
+            tokio::time::timeout(REQUEST_TIMEOUT, self.exchange_fds("attach", req, fds))
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: "attach",
+                    after: REQUEST_TIMEOUT,
+                })??;
+        match answer("attach", resp)? {
+            response::Kind::Attach(a) => {
+                let stdin = if a.stdin {
+                    Some(reader.fds.drain(..).next().ok_or_else(|| {
+                        Error::Protocol("attach answered without the container's stdin".into())
+                    })?)
+                } else {
+                    None
+                };
+                Ok((stdin, a.tty))
+            }
+            other => Err(unexpected("attach", &other)),
+        }
+    }
+
     /// Makes the shim close and reopen the container's log file (after a rotation).
     pub async fn reopen_log(&self, id: &str) -> Result<(), Error> {
         let req = request::Kind::ReopenLog(ReopenLogRequest { id: id.into() });
@@ -316,6 +398,16 @@ impl ShimClient {
         what: &'static str,
         kind: request::Kind,
     ) -> Result<(UnixStream, FrameReader, Response), Error> {
+        self.exchange_fds(what, kind, Vec::new()).await
+    }
+
+    /// Sends one request with `fds` (SCM_RIGHTS) on a new connection and reads one answer.
+    async fn exchange_fds(
+        &self,
+        what: &'static str,
+        kind: request::Kind,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(UnixStream, FrameReader, Response), Error> {
         let mut stream = connect(&self.socket).await.map_err(|e| {
             use std::io::ErrorKind::*;
             match e.kind() {
@@ -324,8 +416,20 @@ impl ShimClient {
             }
         })?;
         let req = Request { kind: Some(kind) };
+        let bytes = req.encode_length_delimited_to_vec();
+        let sent = if fds.is_empty() {
+            0
+        } else {
+            stream
+                .async_io(Interest::WRITABLE, || {
+                    fdpass::send(stream.as_fd(), &bytes, &fds)
+                })
+                .await
+                .map_err(|e| Error::Protocol(format!("send {what}: {e}")))?
+        };
+        drop(fds);
         stream
-            .write_all(&req.encode_length_delimited_to_vec())
+            .write_all(&bytes[sent..])
             .await
             .map_err(|e| Error::Protocol(format!("send {what}: {e}")))?;
         let mut reader = FrameReader::default();
@@ -352,10 +456,12 @@ fn unexpected(what: &str, kind: &response::Kind) -> Error {
     Error::Protocol(format!("{what} answered with {kind:?}"))
 }
 
-/// Reads length-delimited Responses from a stream, keeping what follows one.
+/// Reads length-delimited Responses from a stream, keeping what follows one, and the
+/// fds that came with them.
 #[derive(Default)]
 struct FrameReader {
     buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
 }
 
 impl FrameReader {
@@ -375,7 +481,9 @@ impl FrameReader {
                 Frame::Incomplete => {}
             }
             let n = stream
-                .read(&mut chunk)
+                .async_io(Interest::READABLE, || {
+                    fdpass::recv(stream.as_fd(), &mut chunk, &mut self.fds)
+                })
                 .await
                 .map_err(|e| Error::Protocol(format!("read answer to {what}: {e}")))?;
             if n == 0 {

@@ -33,11 +33,12 @@ use oci_spec::runtime::Spec;
 
 use super::exec::{self, Exec};
 use super::exits::{self, ExitRecord};
+use super::interactive::{self, Interactive};
 use super::logs::{LineSplitter, LogFile, Stream, timestamp};
 use super::workload::{BerthExecutor, EXEC_ERROR};
 use crate::proto::shim::{
-    ContainerState, CreateContainerRequest, ErrorKind, Event, ExecSyncRequest, container_state,
-    event,
+    ContainerState, CreateContainerRequest, ErrorKind, Event, ExecRequest, ExecSyncRequest,
+    container_state, event,
 };
 
 /// Most bytes read from one pipe per wakeup, so that one chatty container cannot starve
@@ -184,9 +185,14 @@ pub struct Container {
     /// [stdout or tty, stderr]; None once at EOF.
     outputs: [Option<Output>; 2],
     /// Write end of the container's stdin pipe (CreateContainerRequest.stdin), or the pty
-    /// master's duplicate with a tty; kept for attach.
-    #[allow(dead_code)]
+    /// master's duplicate with a tty and stdin; kept for attach (non-blocking).
     stdin: Option<OwnedFd>,
+    /// Attach hands over `stdin` instead of a duplicate.
+    stdin_once: bool,
+    tty: bool,
+    /// Attached readers of [stdout or tty, stderr] (see `interactive`); a slot is emptied
+    /// when its reader is dropped, and kept so that the poll loop's indexes stay valid.
+    attached: [Vec<Option<OwnedFd>>; 2],
 }
 
 impl Container {
@@ -221,12 +227,15 @@ impl Container {
                 Read::Empty => break,
             };
             total += data.len();
+            interactive::forward(&mut self.attached[slot], data, &self.id);
             if self.log.is_some() {
                 let ts = timestamp(SystemTime::now());
                 out.splitter.push(out.stream, &ts, data, eof, &mut records);
             }
             if eof {
                 self.outputs[slot] = None;
+                // Nothing more will come: the readers see EOF.
+                self.attached[slot] = Vec::new();
             }
             self.write_log(&records);
             records.clear();
@@ -269,6 +278,7 @@ impl Container {
             }
         }
         self.write_log(&records);
+        self.attached = Default::default();
     }
 }
 
@@ -352,12 +362,15 @@ pub fn exit_code(status: &WaitStatus) -> (i32, i32) {
 pub enum Source {
     Container(usize, usize),
     Exec(usize, usize),
+    /// An attached reader (container, output, index): ready means gone (POLLERR/POLLHUP).
+    Attached(usize, usize, usize),
 }
 
 pub struct Runtime {
     state_dir: PathBuf,
     containers: Vec<Container>,
     execs: Vec<Exec>,
+    interactive: Vec<Interactive>,
     /// Events not yet sent to subscribers.
     pub events: Vec<Event>,
     cgroups: Option<MemoryCgroups>,
@@ -370,6 +383,7 @@ impl Runtime {
             state_dir: state_dir.to_path_buf(),
             containers: Vec::new(),
             execs: Vec::new(),
+            interactive: Vec::new(),
             events: Vec::new(),
             cgroups: None,
             exec_seq: 0,
@@ -402,6 +416,13 @@ impl Runtime {
                     out.push((o.fd.as_fd(), Source::Container(ci, slot)));
                 }
             }
+            for (slot, readers) in c.attached.iter().enumerate() {
+                for (k, fd) in readers.iter().enumerate() {
+                    if let Some(fd) = fd {
+                        out.push((fd.as_fd(), Source::Attached(ci, slot, k)));
+                    }
+                }
+            }
         }
         for (ei, e) in self.execs.iter().enumerate() {
             for (slot, fd) in e.pipes() {
@@ -422,6 +443,15 @@ impl Runtime {
                     e.pump(slot, READ_BUDGET);
                 }
             }
+            Source::Attached(ci, slot, k) => {
+                if let Some(fd) = self
+                    .containers
+                    .get_mut(ci)
+                    .and_then(|c| c.attached[slot].get_mut(k))
+                {
+                    *fd = None;
+                }
+            }
         }
     }
 
@@ -439,6 +469,14 @@ impl Runtime {
             e.exited(status);
             return true;
         }
+        if let Some(x) = self
+            .interactive
+            .iter_mut()
+            .find(|x| x.pid == pid && x.exit.is_none())
+        {
+            x.exit = Some(exit_code(status).0);
+            return true;
+        }
         false
     }
 
@@ -449,6 +487,8 @@ impl Runtime {
             .clone();
         let c = &mut self.containers[ci];
         c.drain();
+        // The attached readers see EOF.
+        c.attached = Default::default();
         let (code, signal) = exit_code(status);
         c.exit_code = code;
         c.finished_at = now_nanos();
@@ -555,24 +595,21 @@ impl Runtime {
         } else {
             if req.stdin {
                 let (r, w) = pipe().map_err(|e| io_err("stdin pipe", &e))?;
+                set_nonblocking(&w).map_err(|e| io_err("stdin pipe", &e))?;
                 builder = builder.with_stdin(r);
                 stdin_keep = Some(w);
             } else {
                 builder = builder.with_stdin(dev_null(false).map_err(|e| io_err("/dev/null", &e))?);
             }
+            // Pipes even without a log: attach reads them.
             for (slot, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
-                let w = if log.is_some() {
-                    let (r, w) = pipe().map_err(|e| io_err("output pipe", &e))?;
-                    set_nonblocking(&r).map_err(|e| io_err("output pipe", &e))?;
-                    outputs[slot] = Some(Output {
-                        fd: r,
-                        stream,
-                        splitter: LineSplitter::default(),
-                    });
-                    w
-                } else {
-                    dev_null(true).map_err(|e| io_err("/dev/null", &e))?
-                };
+                let (r, w) = pipe().map_err(|e| io_err("output pipe", &e))?;
+                set_nonblocking(&r).map_err(|e| io_err("output pipe", &e))?;
+                outputs[slot] = Some(Output {
+                    fd: r,
+                    stream,
+                    splitter: LineSplitter::default(),
+                });
                 builder = match stream {
                     Stream::Stdout => builder.with_stdout(w),
                     Stream::Stderr => builder.with_stderr(w),
@@ -616,7 +653,9 @@ impl Runtime {
                     if let Err(e) = set_nonblocking(&master) {
                         log!("container {}: pty master: {e}", req.id);
                     }
-                    stdin_keep = master.try_clone().ok();
+                    if req.stdin {
+                        stdin_keep = master.try_clone().ok();
+                    }
                     outputs[0] = Some(Output {
                         fd: master,
                         stream: Stream::Stdout,
@@ -650,6 +689,9 @@ impl Runtime {
             log,
             outputs,
             stdin: stdin_keep,
+            stdin_once: req.stdin_once,
+            tty: req.tty,
+            attached: Default::default(),
         });
         self.event(&req.id, event::Kind::Created, 0);
         Ok(pid.as_raw() as u32)
@@ -809,6 +851,107 @@ impl Runtime {
         Ok(())
     }
 
+    /// Starts an interactive exec with the stdio berthd sent (`fds`, see
+    /// `interactive::exec_stdio`); its exit goes to connection `conn`. Returns its pid.
+    pub fn exec_interactive(
+        &mut self,
+        conn: u64,
+        req: ExecRequest,
+        fds: Vec<OwnedFd>,
+    ) -> Result<u32, Failure> {
+        let ci = self.lookup(&req.container_id)?;
+        if self.containers[ci].status != Status::Running {
+            return Err(Failure::precondition(format!(
+                "container {} is not running",
+                req.container_id
+            )));
+        }
+        let stdio = interactive::exec_stdio(&req, fds)?;
+        self.exec_seq += 1;
+        let pid = exec::start_process(
+            &self.lc_root(),
+            &req.container_id,
+            self.containers[ci].lc.bundle(),
+            self.exec_seq,
+            req.args,
+            req.tty,
+            stdio,
+        )?;
+        self.interactive.push(Interactive {
+            conn,
+            pid,
+            exit: None,
+        });
+        Ok(pid.as_raw() as u32)
+    }
+
+    /// Interactive execs that have exited, removed, with the connection that waits for
+    /// each and its exit code.
+    pub fn finished_interactive(&mut self) -> Vec<(u64, i32)> {
+        let mut done = Vec::new();
+        self.interactive.retain(|x| match x.exit {
+            Some(code) => {
+                done.push((x.conn, code));
+                false
+            }
+            None => true,
+        });
+        done
+    }
+
+    /// Connection `conn` went away: the interactive execs it waits for are killed.
+    pub fn conn_closed(&mut self, conn: u64) {
+        for x in self
+            .interactive
+            .iter()
+            .filter(|x| x.conn == conn && x.exit.is_none())
+        {
+            log!("exec {}: its client went away; killing it", x.pid);
+            x.kill();
+        }
+    }
+
+    /// Attaches `stdout` and `stderr` (either may be absent) to the container's output
+    /// until it exits; returns the container's stdin (None without one, or once a
+    /// stdin_once container's has been handed over) and whether it has a tty. With a
+    /// tty all output is the terminal's, and `stderr` is closed at once.
+    pub fn attach(
+        &mut self,
+        id: &str,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+    ) -> Result<(Option<OwnedFd>, bool), Failure> {
+        let ci = self.lookup(id)?;
+        let c = &mut self.containers[ci];
+        if c.status == Status::Exited {
+            return Err(Failure::precondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        let io_err =
+            |e: &dyn std::fmt::Display| Failure::internal(format!("attach to container {id}: {e}"));
+        let stdin = if c.stdin_once {
+            c.stdin.take()
+        } else {
+            c.stdin
+                .as_ref()
+                .map(OwnedFd::try_clone)
+                .transpose()
+                .map_err(|e| io_err(&e))?
+        };
+        for (slot, fd) in [(0, stdout), (1, stderr)] {
+            let Some(fd) = fd else { continue };
+            // A tty has one output; a stream at EOF gives none: the reader sees EOF now.
+            if (c.tty && slot == 1) || c.outputs[slot].is_none() {
+                continue;
+            }
+            interactive::prepare_output(&fd).map_err(|e| io_err(&e))?;
+            c.attached[slot].retain(Option::is_some);
+            c.attached[slot].push(Some(fd));
+        }
+        Ok((stdin, c.tty))
+    }
+
     /// Kills the execs whose time is up; the earliest deadline still ahead.
     pub fn check_deadlines(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
@@ -847,6 +990,12 @@ impl Runtime {
             .map(|c| c.pid)
             .collect();
         pids.extend(self.execs.iter().filter(|e| !e.has_exited()).map(|e| e.pid));
+        pids.extend(
+            self.interactive
+                .iter()
+                .filter(|x| x.exit.is_none())
+                .map(|x| x.pid),
+        );
         pids
     }
 
@@ -870,6 +1019,9 @@ impl Runtime {
                 let _ = kill(e.pid, Signal::SIGKILL);
             }
         }
+        for x in self.interactive.iter().filter(|x| x.exit.is_none()) {
+            x.kill();
+        }
     }
 
     /// Deletes every container with libcontainer (their cgroups and state); the exit
@@ -883,6 +1035,7 @@ impl Runtime {
             }
         }
         self.execs.clear();
+        self.interactive.clear();
         problems
     }
 }

@@ -1,5 +1,6 @@
 //! ExecSync: a command run in a running container with libcontainer's tenant builder,
-//! its output collected by the shim's poll loop.
+//! its output collected by the shim's poll loop. [`start_process`] is shared with
+//! interactive execs (`interactive`), which get the caller's stdio instead.
 //!
 //! The command gets the container's process settings (user, groups, capabilities,
 //! environment, working directory, rlimits, no_new_privileges, …): the spec's `process`
@@ -56,6 +57,67 @@ pub fn spawn(
     args: Vec<String>,
     timeout_ms: u32,
 ) -> Result<Exec, Failure> {
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        Failure::internal(format!("exec in container {id}: {what}: {e}"))
+    };
+    let mut pipes: [Option<OwnedFd>; 2] = [None, None];
+    let mut ends = Vec::with_capacity(2);
+    for slot in &mut pipes {
+        let (r, w) = pipe().map_err(|e| internal("pipe", &e))?;
+        set_nonblocking(&r).map_err(|e| internal("pipe", &e))?;
+        *slot = Some(r);
+        ends.push(w);
+    }
+    let stderr = ends.pop().expect("two pipes");
+    let stdout = ends.pop().expect("two pipes");
+    let stdin = dev_null(false).map_err(|e| internal("/dev/null", &e))?;
+    let pid = start_process(
+        lc_root,
+        id,
+        bundle,
+        seq,
+        args,
+        false,
+        Stdio {
+            stdin,
+            stdout,
+            stderr,
+        },
+    )?;
+    Ok(Exec {
+        conn,
+        pid,
+        deadline: (timeout_ms > 0)
+            .then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms))),
+        pipes,
+        output: [Vec::new(), Vec::new()],
+        exit: None,
+        exited_at: None,
+        timed_out: false,
+    })
+}
+
+/// The fds a process started in a container gets as 0, 1 and 2.
+pub struct Stdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Starts `args` in container `id` with libcontainer's tenant builder (ExecSync and
+/// interactive execs alike): the spec's process with `args`, the container's seccomp
+/// filter, `stdio` as its stdio. With `tty` (stdin is a terminal) TERM is `xterm`, as
+/// containerd sets it, and the terminal becomes the process's controlling terminal.
+/// The shim's copies of `stdio` are closed when this returns.
+pub fn start_process(
+    lc_root: &Path,
+    id: &str,
+    bundle: &Path,
+    seq: u64,
+    args: Vec<String>,
+    tty: bool,
+    stdio: Stdio,
+) -> Result<Pid, Failure> {
     if args.is_empty() {
         return Err(Failure::invalid("exec: no command given"));
     }
@@ -68,37 +130,34 @@ pub fn spawn(
         .process()
         .clone()
         .ok_or_else(|| Failure::internal(format!("container {id}: the spec has no process")))?;
+    // libcontainer's own terminal handling (a console socket) makes a new pty in the
+    // container; the caller's terminal is given as plain stdio instead.
     process
         .set_args(Some(args))
         .set_terminal(Some(false))
         .set_console_size(None);
+    if tty {
+        let mut env: Vec<String> = process.env().clone().unwrap_or_default();
+        env.retain(|e| !e.starts_with("TERM="));
+        env.push("TERM=xterm".into());
+        process.set_env(Some(env));
+    }
     let process_file = lc_root.join(id).join(format!("berth-exec-{seq}.json"));
     let json = serde_json::to_vec(&process).map_err(|e| internal("process.json", &e))?;
     std::fs::write(&process_file, json).map_err(|e| internal("write process.json", &e))?;
-
-    let mut pipes: [Option<OwnedFd>; 2] = [None, None];
-    let mut ends = Vec::with_capacity(2);
-    for slot in &mut pipes {
-        let (r, w) = pipe().map_err(|e| internal("pipe", &e))?;
-        set_nonblocking(&r).map_err(|e| internal("pipe", &e))?;
-        *slot = Some(r);
-        ends.push(w);
-    }
-    let stderr = ends.pop().expect("two pipes");
-    let stdout = ends.pop().expect("two pipes");
-    let stdin = dev_null(false).map_err(|e| internal("/dev/null", &e))?;
 
     let built = {
         let _oom = OomScoreGuard::save();
         ContainerBuilder::new(id.to_string(), SyscallType::Linux)
             .with_executor(BerthExecutor {
                 seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+                controlling_tty: tty,
             })
             .with_root_path(lc_root)
             .map(|b| {
-                b.with_stdin(stdin)
-                    .with_stdout(stdout)
-                    .with_stderr(stderr)
+                b.with_stdin(stdio.stdin)
+                    .with_stdout(stdio.stdout)
+                    .with_stderr(stdio.stderr)
                     .as_tenant()
                     .with_detach(true)
                     .with_process(Some(&process_file))
@@ -106,18 +165,7 @@ pub fn spawn(
             .and_then(|b| b.build())
     };
     let _ = std::fs::remove_file(&process_file);
-    let pid = built.map_err(|e| Failure::libcontainer(&format!("exec in container {id}"), &e))?;
-    Ok(Exec {
-        conn,
-        pid,
-        deadline: (timeout_ms > 0)
-            .then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms))),
-        pipes,
-        output: [Vec::new(), Vec::new()],
-        exit: None,
-        exited_at: None,
-        timed_out: false,
-    })
+    built.map_err(|e| Failure::libcontainer(&format!("exec in container {id}"), &e))
 }
 
 impl Exec {

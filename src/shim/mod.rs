@@ -3,6 +3,7 @@
 //! - `server`: the shim process itself (single-threaded, no async runtime), with `init`
 //!   (its fork code and the pod's PID 1) and `sysctl` (which pod sysctls are allowed);
 //! - `containers`: the pod's containers with youki's libcontainer, `exec` (ExecSync),
+//!   `interactive` (interactive exec and attach, with `fdpass` moving their fds),
 //!   `workload` (what runs in a container's process before its program), `logs` (the CRI
 //!   log format), `exits` (exit records on disk, which berthd reads too), `memory` (giving memory back
 //!   between requests);
@@ -20,8 +21,10 @@ pub mod client;
 mod containers;
 mod exec;
 pub mod exits;
+mod fdpass;
 pub mod framing;
 mod init;
+mod interactive;
 pub mod logs;
 mod memory;
 pub mod server;

@@ -18,6 +18,8 @@
 //! shut down) and the containers' and execs' output pipes (see `containers`). Requests and
 //! answers are prost length-delimited; a connection gets one Response per Request, in
 //! order. An ExecSync is answered when the command is done, without holding up the loop;
+//! an interactive Exec is answered when it started and again when it ended (its
+//! connection closing first kills it); Exec and Attach carry fds (SCM_RIGHTS) both ways;
 //! a SubscribeRequest is answered with an Empty, then an Event message per container
 //! event for as long as the connection lasts. Answers are written without blocking
 //! (what the socket does not take waits for POLLOUT); a subscriber that leaves 1 MiB
@@ -45,14 +47,16 @@ use nix::unistd::{ForkResult, Pid};
 use prost::Message;
 
 use super::containers::{Failure, Runtime, Source};
+use super::fdpass;
 use super::framing::{self, Frame};
 use super::init::{self, Init};
+use super::interactive;
 use super::memory;
 use super::sysctl;
 use crate::network::netlink;
 use crate::proto::shim::{
-    CreateContainerResponse, Empty, NamespaceMode, PingResponse, Request, Response, SandboxConfig,
-    ShutdownResponse, request, response,
+    AttachResponse, CreateContainerResponse, Empty, ExecExit, ExecStarted, NamespaceMode,
+    PingResponse, Request, Response, SandboxConfig, ShutdownResponse, request, response,
 };
 use crate::sandbox::namespaces::{self, Namespace};
 
@@ -332,10 +336,37 @@ struct Conn {
     busy: bool,
     /// Hung up or broken: removed at the end of the loop's round.
     closed: bool,
+    /// Fds received (SCM_RIGHTS) that no request has claimed yet, oldest first.
+    fds: Vec<OwnedFd>,
+    /// Fds to send with the answer that starts at that offset of `out`.
+    out_fds: Vec<(usize, Vec<OwnedFd>)>,
 }
 
+/// Fds a connection may have received and not yet claimed before it is dropped.
+const MAX_UNCLAIMED_FDS: usize = 2 * fdpass::MAX_FDS;
+
 impl Conn {
+    fn new(id: u64, stream: UnixStream) -> Conn {
+        Conn {
+            id,
+            stream,
+            buf: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            subscriber: false,
+            busy: false,
+            closed: false,
+            fds: Vec::new(),
+            out_fds: Vec::new(),
+        }
+    }
+
     fn queue(&mut self, resp: &Response) {
+        self.queue_with_fds(resp, Vec::new());
+    }
+
+    /// Queues an answer that carries `fds` (attached to its first byte).
+    fn queue_with_fds(&mut self, resp: &Response, fds: Vec<OwnedFd>) {
         if self.closed {
             return;
         }
@@ -343,9 +374,17 @@ impl Conn {
             self.out.clear();
             self.out_pos = 0;
         }
+        if !fds.is_empty() {
+            self.out_fds.push((self.out.len(), fds));
+        }
         resp.encode_length_delimited(&mut self.out)
             .expect("a Vec grows");
         self.flush();
+    }
+
+    /// The `n` oldest fds received, for the request being served; None when fewer came.
+    fn take_fds(&mut self, n: usize) -> Option<Vec<OwnedFd>> {
+        (self.fds.len() >= n).then(|| self.fds.drain(..n).collect())
     }
 
     fn pending(&self) -> bool {
@@ -355,12 +394,38 @@ impl Conn {
     /// Writes what the socket takes now.
     fn flush(&mut self) {
         while self.pending() {
-            match (&self.stream).write(&self.out[self.out_pos..]) {
+            // Up to the next answer with fds; that one goes with sendmsg.
+            let end = self
+                .out_fds
+                .iter()
+                .map(|(at, _)| *at)
+                .find(|&at| at > self.out_pos)
+                .unwrap_or(self.out.len());
+            let with_fds = self
+                .out_fds
+                .first()
+                .is_some_and(|(at, _)| *at == self.out_pos);
+            let written = if with_fds {
+                fdpass::send(
+                    self.stream.as_fd(),
+                    &self.out[self.out_pos..end],
+                    &self.out_fds[0].1,
+                )
+            } else {
+                (&self.stream).write(&self.out[self.out_pos..end])
+            };
+            match written {
                 Ok(0) => {
                     self.closed = true;
                     break;
                 }
-                Ok(n) => self.out_pos += n,
+                Ok(n) => {
+                    if with_fds {
+                        // The peer has them now; our copies close.
+                        self.out_fds.remove(0);
+                    }
+                    self.out_pos += n;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -372,6 +437,7 @@ impl Conn {
         if !self.pending() {
             self.out = Vec::new();
             self.out_pos = 0;
+            self.out_fds = Vec::new();
         }
     }
 
@@ -690,7 +756,13 @@ impl Shim {
                 let mut rt_fds = Vec::new();
                 self.rt.poll_fds(&mut rt_fds);
                 for (fd, src) in rt_fds {
-                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                    // An attached reader is only watched for going away (POLLERR/POLLHUP,
+                    // which poll always reports).
+                    let ev = match src {
+                        Source::Attached(..) => PollFlags::empty(),
+                        _ => PollFlags::POLLIN,
+                    };
+                    fds.push(PollFd::new(fd, ev));
                     tokens.push(Token::Runtime(src));
                 }
                 match nix::poll::poll(&mut fds, timeout) {
@@ -728,6 +800,9 @@ impl Shim {
                 }
             }
             self.send_events();
+            for c in self.conns.iter().filter(|c| c.closed) {
+                self.rt.conn_closed(c.id);
+            }
             self.conns.retain(|c| !c.closed);
             if ready
                 .iter()
@@ -817,16 +892,7 @@ impl Shim {
                     }
                     if stream.set_nonblocking(true).is_ok() {
                         self.next_conn += 1;
-                        self.conns.push(Conn {
-                            id: self.next_conn,
-                            stream,
-                            buf: Vec::new(),
-                            out: Vec::new(),
-                            out_pos: 0,
-                            subscriber: false,
-                            busy: false,
-                            closed: false,
-                        });
+                        self.conns.push(Conn::new(self.next_conn, stream));
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -850,7 +916,7 @@ impl Shim {
         }
         let mut hung_up = false;
         loop {
-            match conn.stream.read(&mut chunk) {
+            match fdpass::recv(conn.stream.as_fd(), &mut chunk, &mut conn.fds) {
                 Ok(0) => {
                     hung_up = true;
                     break;
@@ -864,6 +930,14 @@ impl Shim {
                 }
             }
             if conn.buf.len() > framing::MAX_MESSAGE + 16 {
+                break;
+            }
+            if conn.fds.len() > MAX_UNCLAIMED_FDS {
+                log!(
+                    "pod {}: a connection sent fds no request claims; closing it",
+                    self.pod_id
+                );
+                hung_up = true;
                 break;
             }
         }
@@ -984,12 +1058,64 @@ impl Shim {
                 self.conns[idx].subscriber = true;
                 empty()
             }
+            Some(request::Kind::Exec(_)) if stopping => refuse(),
+            Some(request::Kind::Exec(e)) => {
+                let Some(fds) = self.conns[idx].take_fds(interactive::exec_fd_count(&e)) else {
+                    return Some(failed(Failure::invalid(
+                        "exec: the request came without its fds",
+                    )));
+                };
+                let conn = self.conns[idx].id;
+                let id = e.container_id.clone();
+                match self.rt.exec_interactive(conn, e, fds) {
+                    Ok(pid) => {
+                        // Its next answer is the exit.
+                        self.conns[idx].busy = true;
+                        ok(response::Kind::ExecStarted(ExecStarted { pid }))
+                    }
+                    Err(f) => {
+                        log!("container {id}: exec failed: {}", f.message);
+                        failed(f)
+                    }
+                }
+            }
+            Some(request::Kind::Attach(a)) => {
+                let n = usize::from(a.stdout) + usize::from(a.stderr);
+                let Some(fds) = self.conns[idx].take_fds(n) else {
+                    return Some(failed(Failure::invalid(
+                        "attach: the request came without its fds",
+                    )));
+                };
+                let mut fds = fds.into_iter();
+                let stdout = if a.stdout { fds.next() } else { None };
+                let stderr = if a.stderr { fds.next() } else { None };
+                match self.rt.attach(&a.id, stdout, stderr) {
+                    Ok((stdin, tty)) => {
+                        let resp = ok(response::Kind::Attach(AttachResponse {
+                            stdin: stdin.is_some(),
+                            tty,
+                        }));
+                        self.conns[idx].queue_with_fds(&resp, stdin.into_iter().collect());
+                        return None;
+                    }
+                    Err(f) => failed(f),
+                }
+            }
             None => failed(Failure::internal("unknown request")),
         })
     }
 
     /// Sends the answers of the execs that are done.
     fn answer_execs(&mut self) {
+        for (conn, exit_code) in self.rt.finished_interactive() {
+            // Gone: the exec was killed for that.
+            let Some(idx) = self.conns.iter().position(|c| c.id == conn) else {
+                continue;
+            };
+            self.conns[idx].busy = false;
+            self.conns[idx].queue(&ok(response::Kind::ExecExit(ExecExit { exit_code })));
+            self.serve_requests(idx);
+        }
         for (conn, resp) in self.rt.finished_execs(Instant::now()) {
             let Some(idx) = self.conns.iter().position(|c| c.id == conn) else {
                 continue;

@@ -1,7 +1,7 @@
 //! What runs in a container's process (init or exec) right before it becomes the
 //! container's program: libcontainer's [`Executor`] hook.
 //!
-//! Two things the default executor does not do:
+//! What the default executor does not do:
 //!
 //! - **Signals.** The shim blocks SIGCHLD, SIGTERM, SIGINT and SIGHUP (it reads them from a
 //!   signalfd) and the Rust runtime ignores SIGPIPE. Both the mask and ignored
@@ -11,6 +11,8 @@
 //!   in `validate`, before the process reports ready to libcontainer, so a created
 //!   container that is signalled before StartContainer dies as it should, and again just
 //!   before `execve`.
+//! - **A terminal** given as an interactive exec's stdin becomes its controlling terminal
+//!   (`setsid` + `TIOCSCTTY`); libcontainer only does that for the pty it makes itself.
 //! - **The shim's death** kills the process (`PR_SET_PDEATHSIG`), like the pod's init.
 //! - **A missing command** is reported with runc's wording (`exec: "x": executable file
 //!   not found in $PATH`), which the shim recognises to answer InvalidArgument.
@@ -34,6 +36,9 @@ pub struct BerthExecutor {
     /// For an exec: the container's seccomp filter, which libcontainer's tenant builder
     /// leaves out of the exec's spec (runc applies it to execs, and so do we).
     pub seccomp: Option<libcontainer::oci_spec::runtime::LinuxSeccomp>,
+    /// For an interactive exec with a tty: its stdin is the caller's pty slave, which
+    /// becomes its controlling terminal (so that ^C, job control and the size work).
+    pub controlling_tty: bool,
 }
 
 /// Whether this process holds CAP_SYS_ADMIN (needed to load a seccomp filter without
@@ -71,6 +76,11 @@ impl Executor for BerthExecutor {
 
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         reset_signals();
+        if self.controlling_tty {
+            controlling_terminal().map_err(|e| {
+                ExecutorError::Other(format!("make stdin the controlling terminal: {e}"))
+            })?;
+        }
         // The process dies with the shim (its parent: libcontainer clones with
         // CLONE_PARENT), as the pod's PID namespace does with the shim's init: nothing of
         // the pod runs unsupervised, its output going nowhere. Set last, after
@@ -103,6 +113,20 @@ impl Executor for BerthExecutor {
             args[0]
         )))
     }
+}
+
+/// Makes the terminal on fd 0 the controlling terminal of this process: it must lead a
+/// session without one (libcontainer already called `setsid`, so EPERM here is fine).
+#[allow(unsafe_code)]
+fn controlling_terminal() -> nix::Result<()> {
+    match nix::unistd::setsid() {
+        Ok(_) | Err(nix::errno::Errno::EPERM) => {}
+        Err(e) => return Err(e),
+    }
+    // SAFETY: TIOCSCTTY takes an int (0: do not steal the terminal from another session)
+    // and reads or writes no memory of ours.
+    let r = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    nix::errno::Errno::result(r).map(drop)
 }
 
 /// Finds `cmd` as `execvp` would, with runc's error messages.
