@@ -1773,9 +1773,55 @@ async fn user_namespaced_pod_maps_root_and_owns_its_rootfs() {
             .collect::<Vec<_>>(),
         ["0", "231072", "65536"]
     );
-    // Exec cannot join a user namespace with libcontainer 0.7: refused, not run as host root.
-    let err = env.exec(&sleeper, &["id", "-u"], 5).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // An exec joins the container's user namespace too (as its root, not the host's), with
+    // the container's capabilities, cgroup and PID namespace.
+    let r = env
+        .exec(
+            &sleeper,
+            &[
+                "sh",
+                "-c",
+                "id -u; cat /proc/self/uid_map; grep CapEff /proc/self/status; \
+                 readlink /proc/self/ns/pid; grep :pids: /proc/self/cgroup; \
+                 touch /etc/by-exec; exit 4",
+            ],
+            5,
+        )
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout);
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        r.exit_code,
+        4,
+        "{out} {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(lines[0], "0", "{out}");
+    assert_eq!(lines[1], "0 231072 65536", "{out}");
+    // containerd's default set: no CAP_SYS_ADMIN (bit 21).
+    let eff = u64::from_str_radix(lines[2].trim_start_matches("CapEff: "), 16).unwrap();
+    assert_eq!(eff & (1 << 21), 0, "{out}");
+    assert_ne!(eff, 0, "{out}");
+    let pid_ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    assert_eq!(lines[3], pid_ns.display().to_string(), "{out}");
+    let by_exec = env
+        .containers_dir()
+        .join(&sleeper)
+        .join("upper/etc/by-exec");
+    assert_eq!(std::fs::metadata(&by_exec).unwrap().uid(), 231072);
+    // The exec is in the container's cgroup (no cgroup namespace on v1: full paths).
+    let init_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let init_pids = init_cgroup.lines().find(|l| l.contains(":pids:")).unwrap();
+    assert_eq!(lines[4], init_pids, "{out}");
+    let err = env
+        .exec(&sleeper, &["no-such-command"], 5)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
     // Mappings the pod does not have, or the host's user namespace, are refused.
     let mut other = env.config("other", &["true"]);

@@ -725,31 +725,11 @@ impl ContainerService {
         if cmd.is_empty() {
             return Err(Error::InvalidArgument("exec: empty command".into()));
         }
-        self.refuse_userns_exec(&rec)?;
         let pod_dir = self.inner.sandboxes.pod_dir(&rec.pod_id);
         ShimClient::new(&pod_dir)
             .exec_sync(&rec.id, cmd, timeout)
             .await
             .map_err(|e| shim_err(&rec.id, "exec", e))
-    }
-
-    /// libcontainer 0.7's tenant (exec) builder joins every namespace of the container but
-    /// its user namespace: an exec would run as the host's root inside the container's
-    /// mounts. Refused until the shim joins the user namespace itself.
-    pub fn refuse_userns_exec(&self, rec: &ContainerRecord) -> Result<()> {
-        let userns = self
-            .inner
-            .sandboxes
-            .get(&rec.pod_id)
-            .is_ok_and(|p| p.spec.user_ns.is_some());
-        if userns {
-            return Err(Error::FailedPrecondition(format!(
-                "container {}: exec into a container of a user-namespaced pod is not \
-                 supported yet (the in-tree runtime cannot join its user namespace)",
-                rec.id
-            )));
-        }
-        Ok(())
     }
 
     pub async fn reopen_log(&self, id: &str) -> Result<()> {

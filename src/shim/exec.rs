@@ -142,6 +142,18 @@ pub fn start_process(
         env.push("TERM=xterm".into());
         process.set_env(Some(env));
     }
+    if super::userns_exec::needed(&spec) {
+        // libcontainer's tenant builder cannot join a user namespace.
+        let init = libcontainer::container::Container::load(lc_root.join(id))
+            .ok()
+            .and_then(|c| c.pid())
+            .ok_or_else(|| Failure::internal(format!("container {id}: no init pid")))?;
+        return super::userns_exec::spawn(init, &spec, &process, stdio, tty).map_err(|e| match e {
+            super::userns_exec::Error::Invalid(m) => Failure::invalid(m),
+            super::userns_exec::Error::Internal(m) => internal("user namespace", &m),
+        });
+    }
+    give_stdio(&spec, process.user().uid(), &stdio);
     let process_file = lc_root.join(id).join(format!("berth-exec-{seq}.json"));
     let json = serde_json::to_vec(&process).map_err(|e| internal("process.json", &e))?;
     std::fs::write(&process_file, json).map_err(|e| internal("write process.json", &e))?;

@@ -29,6 +29,7 @@ pub mod logs;
 mod memory;
 pub mod server;
 pub mod sysctl;
+mod userns_exec;
 mod workload;
 
 pub use client::{Error, ShimClient, shim_alive, spawn};

@@ -1,0 +1,413 @@
+//! Exec into a container of a user-namespaced pod.
+//!
+//! libcontainer 0.7's tenant builder joins a container's namespaces from a fixed list that
+//! has no `user`: its exec would run as the host's root inside the container's mounts. So
+//! for such containers the shim does what runc's setns path does, in runc's order:
+//!
+//! 1. a fork of the shim (still the host's root) sets the container's `oom_score_adj`,
+//!    is put into the container's cgroups by the shim, joins the container's user
+//!    namespace first, then its other namespaces (all owned by that user namespace);
+//! 2. it clones the process proper with `CLONE_PARENT` (so the shim is its parent and
+//!    reaps it; in the container's PID namespace), reports its pid and exits;
+//! 3. the process takes its stdio, the container's credentials, capabilities,
+//!    no_new_privs, environment and working directory, then [`BerthExecutor`] loads the
+//!    seccomp filter and execs. A failure before `execve` comes back on a close-on-exec
+//!    pipe with the message the tenant builder path would give.
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use caps::{CapSet, Capability};
+use libcontainer::workload::Executor;
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+
+use super::exec::Stdio;
+use super::init;
+use super::workload::{BerthExecutor, EXEC_ERROR, find_executable};
+
+/// Whether the container's spec gives it a user namespace (then exec goes through here).
+pub fn needed(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::User))
+}
+
+/// Why an exec could not start: the caller's fault (a missing command) or not.
+#[derive(Debug)]
+pub enum Error {
+    Invalid(String),
+    Internal(String),
+}
+
+/// The `/proc/<init>/ns/` names to join, user first, mount last.
+fn namespaces(spec: &Spec) -> Vec<(&'static str, CloneFlags)> {
+    use LinuxNamespaceType as T;
+    let listed: Vec<T> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .map(|ns| ns.iter().map(|n| n.typ()).collect())
+        .unwrap_or_default();
+    [
+        (T::User, "user", CloneFlags::CLONE_NEWUSER),
+        (T::Ipc, "ipc", CloneFlags::CLONE_NEWIPC),
+        (T::Uts, "uts", CloneFlags::CLONE_NEWUTS),
+        (T::Network, "net", CloneFlags::CLONE_NEWNET),
+        (T::Pid, "pid", CloneFlags::CLONE_NEWPID),
+        (T::Cgroup, "cgroup", CloneFlags::CLONE_NEWCGROUP),
+        (T::Mount, "mnt", CloneFlags::CLONE_NEWNS),
+    ]
+    .into_iter()
+    .filter(|(t, _, _)| listed.contains(t))
+    .map(|(_, name, flag)| (name, flag))
+    .collect()
+}
+
+/// `cgroup.procs` files of `pid`'s cgroups (cgroup v1 hierarchies and the v2 one).
+fn cgroup_procs(pid: Pid) -> Result<Vec<PathBuf>, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("read /proc/{pid}/cgroup: {e}"))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next(), parts.next());
+        let (Some(controllers), Some(path)) = (controllers, path) else {
+            continue;
+        };
+        let mount = if controllers.is_empty() {
+            let unified = PathBuf::from("/sys/fs/cgroup/unified");
+            if unified.is_dir() {
+                unified
+            } else {
+                PathBuf::from("/sys/fs/cgroup")
+            }
+        } else {
+            let name = controllers.strip_prefix("name=").unwrap_or(controllers);
+            PathBuf::from("/sys/fs/cgroup").join(name)
+        };
+        let file = mount
+            .join(path.trim_start_matches('/'))
+            .join("cgroup.procs");
+        if file.exists() {
+            out.push(file);
+        }
+    }
+    Ok(out)
+}
+
+/// Starts `process` (the container's process settings with the exec's args) in the
+/// container whose init is `init`, with `stdio`; with `tty` stdin is a terminal that
+/// becomes its controlling terminal. Returns the new process's pid: the caller's child.
+pub fn spawn(
+    init: Pid,
+    spec: &Spec,
+    process: &Process,
+    stdio: Stdio,
+    tty: bool,
+) -> Result<Pid, Error> {
+    let internal = |what: &str, e: &dyn std::fmt::Display| Error::Internal(format!("{what}: {e}"));
+    let mut ns_files = Vec::new();
+    for (name, flag) in namespaces(spec) {
+        let path = format!("/proc/{init}/ns/{name}");
+        let f = std::fs::File::open(&path).map_err(|e| internal(&path, &e))?;
+        ns_files.push((f, flag));
+    }
+    let cgroups = cgroup_procs(init).map_err(|e| internal("cgroups", &e))?;
+    // go: the shim has put the fork into the cgroups. report: the process's pid.
+    // errors: what failed before execve (close-on-exec: EOF means it ran).
+    let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| internal("pipe", &e))?;
+    let (rep_r, rep_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| internal("pipe", &e))?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| internal("pipe", &e))?;
+
+    match init::fork().map_err(|e| internal("fork", &e))? {
+        ForkResult::Child => {
+            drop((go_w, rep_r, err_r));
+            let code = match joiner((go_r, rep_w), &err_w, ns_files, spec, process, stdio, tty) {
+                Ok(()) => 0,
+                Err(e) => {
+                    report(&err_w, &e);
+                    1
+                }
+            };
+            exit_now(code)
+        }
+        ForkResult::Parent { child } => {
+            drop((go_r, rep_w, err_w, stdio));
+            drop(ns_files);
+            let joined = cgroups.iter().try_for_each(|f| {
+                std::fs::write(f, child.as_raw().to_string())
+                    .map_err(|e| internal(&format!("join {}", f.display()), &e))
+            });
+            if let Err(e) = joined {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(e);
+            }
+            let _ = nix::unistd::write(&go_w, b"g");
+            drop(go_w);
+            let mut pid_bytes = [0u8; 4];
+            let reported = std::fs::File::from(rep_r).read_exact(&mut pid_bytes);
+            let _ = waitpid(child, None);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
+            if !msg.is_empty() {
+                // The process (if it was made) has exited on its own; the shim reaps it.
+                return Err(if msg.starts_with(EXEC_ERROR) {
+                    Error::Invalid(msg)
+                } else {
+                    Error::Internal(msg)
+                });
+            }
+            reported.map_err(|e| internal("the exec's pid", &e))?;
+            Ok(Pid::from_raw(i32::from_ne_bytes(pid_bytes)))
+        }
+    }
+}
+
+fn report(err_w: &OwnedFd, msg: &str) {
+    let _ = nix::unistd::write(err_w, msg.as_bytes());
+}
+
+/// The fork: cgroups (done by the shim), namespaces, then the process.
+fn joiner(
+    (go_r, rep_w): (OwnedFd, OwnedFd),
+    err_w: &OwnedFd,
+    ns_files: Vec<(std::fs::File, CloneFlags)>,
+    spec: &Spec,
+    process: &Process,
+    stdio: Stdio,
+    tty: bool,
+) -> Result<(), String> {
+    let mut b = [0u8; 1];
+    if !matches!(nix::unistd::read(go_r.as_raw_fd(), &mut b), Ok(1)) {
+        return Err("the shim did not put the exec into the container's cgroups".into());
+    }
+    // While still the host's root: lowering it needs CAP_SYS_RESOURCE there.
+    if let Some(adj) = process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("oom_score_adj {adj}: {e}"))?;
+    }
+    for (f, flag) in ns_files {
+        nix::sched::setns(f, flag).map_err(|e| format!("join the container's {flag:?}: {e}"))?;
+    }
+    let flags = libc::CLONE_PARENT as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    let ret = clone_raw(flags);
+    match ret {
+        -1 => Err(format!("clone: {}", std::io::Error::last_os_error())),
+        0 => {
+            drop(rep_w);
+            let e = exec_process(spec, process, stdio, tty);
+            report(err_w, &e);
+            exit_now(127)
+        }
+        pid => {
+            let _ = nix::unistd::write(&rep_w, &(pid as i32).to_ne_bytes());
+            Ok(())
+        }
+    }
+}
+
+/// `clone(2)` with a null stack: a fork with `flags`. Only for single-threaded callers.
+#[allow(unsafe_code)]
+fn clone_raw(flags: libc::c_ulong) -> libc::c_long {
+    // SAFETY: with a null stack pointer clone(2) behaves as fork(2): the child runs on a
+    // copy of the caller's memory, and the caller (a fork of the shim) has one thread.
+    unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) }
+}
+
+/// In the container's namespaces: becomes the process, or says why not.
+fn exec_process(spec: &Spec, process: &Process, stdio: Stdio, tty: bool) -> String {
+    match prepare(process, stdio, tty) {
+        Ok(()) => {}
+        Err(e) => return e,
+    }
+    let mut spec = spec.clone();
+    spec.set_process(Some(process.clone()));
+    let executor = BerthExecutor {
+        seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+        ..Default::default()
+    };
+    match executor.exec(&spec) {
+        Ok(()) => "exec returned".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn dup_to(fd: &OwnedFd, to: RawFd) -> Result<(), String> {
+    nix::unistd::dup2(fd.as_raw_fd(), to).map_err(|e| format!("dup2 to {to}: {e}"))?;
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn prepare(process: &Process, stdio: Stdio, tty: bool) -> Result<(), String> {
+    dup_to(&stdio.stdin, 0)?;
+    dup_to(&stdio.stdout, 1)?;
+    dup_to(&stdio.stderr, 2)?;
+    drop(stdio.stdin);
+    drop(stdio.stdout);
+    drop(stdio.stderr);
+    // Everything else the shim had open closes at execve (the error pipe included).
+    // SAFETY: close_range takes no pointers; CLOSE_RANGE_CLOEXEC only marks descriptors.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if tty {
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+        // SAFETY: TIOCSCTTY takes an integer argument, no pointer.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(format!(
+                "make the tty the controlling terminal: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+
+    let user = process.user();
+    nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("keepcaps: {e}"))?;
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups {groups:?}: {e}"))?;
+    let (uid, gid) = (Uid::from_raw(user.uid()), Gid::from_raw(user.gid()));
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setgid {gid}: {e}"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setuid {uid}: {e}"))?;
+    if let Some(mask) = user.umask() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+    set_capabilities(process)?;
+    if process.no_new_privileges() == Some(true) {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    }
+
+    // The process's environment replaces the shim's (execvp then searches its PATH).
+    let vars: Vec<std::ffi::OsString> = std::env::vars_os().map(|(k, _)| k).collect();
+    for k in vars {
+        // SAFETY: this forked process has a single thread.
+        unsafe { std::env::remove_var(k) };
+    }
+    for kv in process.env().iter().flatten() {
+        if let Some((k, v)) = kv.split_once('=')
+            && !k.is_empty()
+        {
+            // SAFETY: this forked process has a single thread.
+            unsafe { std::env::set_var(k, v) };
+        }
+    }
+    nix::unistd::chdir(process.cwd()).map_err(|e| format!("chdir {:?}: {e}", process.cwd()))?;
+    let cmd = process
+        .args()
+        .as_ref()
+        .and_then(|a| a.first())
+        .ok_or("no command")?;
+    let path = std::env::var("PATH").unwrap_or_default();
+    find_executable(
+        cmd,
+        if path.is_empty() {
+            "/bin:/usr/bin"
+        } else {
+            &path
+        },
+    )?;
+    // Checked: a NUL in an argument would fail in the executor with a vaguer message.
+    for a in process.args().iter().flatten() {
+        CString::new(a.as_bytes()).map_err(|_| format!("argument {a:?} contains NUL"))?;
+    }
+    Ok(())
+}
+
+/// `CAP_NET_BIND_SERVICE`: oci-spec displays its capabilities without the prefix.
+fn cap_name(c: &oci_spec::runtime::Capability) -> String {
+    let name = c.to_string();
+    if name.starts_with("CAP_") {
+        name
+    } else {
+        format!("CAP_{name}")
+    }
+}
+
+/// The spec's capability sets, bounding first (while CAP_SETPCAP is still held).
+fn set_capabilities(process: &Process) -> Result<(), String> {
+    let Some(c) = process.capabilities() else {
+        return Ok(());
+    };
+    let set = |s: &Option<std::collections::HashSet<oci_spec::runtime::Capability>>| {
+        s.iter()
+            .flatten()
+            .filter_map(|c| cap_name(c).parse::<Capability>().ok())
+            .collect::<caps::CapsHashSet>()
+    };
+    let bounding = set(c.bounding());
+    for cap in caps::all() {
+        if !bounding.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("drop {cap}: {e}"))?;
+        }
+    }
+    for (which, wanted) in [
+        (CapSet::Inheritable, set(c.inheritable())),
+        (CapSet::Effective, set(c.effective())),
+        (CapSet::Permitted, set(c.permitted())),
+    ] {
+        caps::set(None, which, &wanted).map_err(|e| format!("capabilities {which:?}: {e}"))?;
+    }
+    for cap in set(c.ambient()) {
+        caps::raise(None, CapSet::Ambient, cap).map_err(|e| format!("ambient {cap}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `_exit(2)`: ends a forked process without running anything of the shim's.
+#[allow(unsafe_code)]
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes no pointers and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, SpecBuilder};
+
+    fn spec(types: &[LinuxNamespaceType]) -> Spec {
+        let ns = types
+            .iter()
+            .map(|t| LinuxNamespaceBuilder::default().typ(*t).build().unwrap())
+            .collect::<Vec<_>>();
+        SpecBuilder::default()
+            .linux(LinuxBuilder::default().namespaces(ns).build().unwrap())
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn user_first_mount_last_and_only_what_the_spec_lists() {
+        use LinuxNamespaceType as T;
+        let s = spec(&[T::Mount, T::Network, T::User, T::Pid]);
+        assert!(needed(&s));
+        let names: Vec<&str> = namespaces(&s).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["user", "net", "pid", "mnt"]);
+        assert!(!needed(&spec(&[T::Mount, T::Pid])));
+    }
+
+    #[test]
+    fn capability_names_parse() {
+        let c: Capability = cap_name(&oci_spec::runtime::Capability::NetBindService)
+            .parse()
+            .unwrap();
+        assert_eq!(c, Capability::CAP_NET_BIND_SERVICE);
+    }
+}
