@@ -185,22 +185,37 @@ impl Env {
             .expect("remove pod");
     }
 
+    /// A busybox container config running `cmd`.
+    fn config(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: spec(&self.image),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            linux: Some(cri::LinuxContainerConfig::default()),
+            ..Default::default()
+        }
+    }
+
     /// Creates and starts a busybox container running `cmd`.
     async fn run(&self, pod: &str, pod_config: &cri::PodSandboxConfig, cmd: &[&str]) -> String {
+        self.run_config(pod, pod_config, self.config("c", cmd))
+            .await
+    }
+
+    async fn run_config(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> String {
         let mut rt = self.d.runtime().await;
         let id = rt
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: pod.into(),
-                config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: "c".into(),
-                        attempt: 0,
-                    }),
-                    image: spec(&self.image),
-                    command: cmd.iter().map(|s| s.to_string()).collect(),
-                    linux: Some(cri::LinuxContainerConfig::default()),
-                    ..Default::default()
-                }),
+                config: Some(config),
                 sandbox_config: Some(pod_config.clone()),
             })
             .await
@@ -213,6 +228,40 @@ impl Env {
         .await
         .expect("start container");
         id
+    }
+
+    async fn exec_url(&self, req: cri::ExecRequest) -> Result<String, tonic::Status> {
+        self.d
+            .runtime()
+            .await
+            .exec(req)
+            .await
+            .map(|r| r.into_inner().url)
+    }
+
+    async fn attach_url(&self, req: cri::AttachRequest) -> Result<String, tonic::Status> {
+        self.d
+            .runtime()
+            .await
+            .attach(req)
+            .await
+            .map(|r| r.into_inner().url)
+    }
+
+    async fn container_state(&self, id: &str) -> i32 {
+        self.d
+            .runtime()
+            .await
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("container status")
+            .into_inner()
+            .status
+            .unwrap()
+            .state
     }
 
     async fn port_forward_url(&self, pod: &str) -> Result<String, tonic::Status> {
@@ -524,6 +573,62 @@ impl SpdyClient {
     fn seen(&self, id: u32) -> &StreamSeen {
         &self.streams[&id]
     }
+
+    /// Reads until the server closes the connection.
+    async fn until_closed(&mut self) {
+        while self.next().await {}
+    }
+}
+
+/// The streams client-go opens for a remote command, in its order: error, stdin, stdout,
+/// stderr, resize (each only when asked for). Returns their ids by type.
+async fn remote_streams(c: &mut SpdyClient, types: &[&str]) -> HashMap<String, u32> {
+    let mut ids = HashMap::new();
+    for t in types {
+        let id = c.open(&[("streamtype", t)]).await;
+        ids.insert(t.to_string(), id);
+    }
+    let all: Vec<u32> = ids.values().copied().collect();
+    c.until("the replies", |c| all.iter().all(|id| c.seen(*id).replied))
+        .await;
+    ids
+}
+
+/// The error stream's v4 status, once the server finished it.
+fn status_of(c: &SpdyClient, error: u32) -> serde_json::Value {
+    assert!(c.seen(error).fin, "error stream not finished");
+    serde_json::from_slice(&c.seen(error).data).unwrap_or_else(|e| {
+        panic!(
+            "status is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&c.seen(error).data)
+        )
+    })
+}
+
+fn exec_req(container: &str, cmd: &[&str]) -> cri::ExecRequest {
+    cri::ExecRequest {
+        container_id: container.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    }
+}
+
+const V4: &str = "v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io";
+
+/// PIDs whose command line is exactly `cmd` (NUL-separated words).
+fn pids_running(cmd: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = cmd.iter().flat_map(|w| w.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            (std::fs::read(e.path().join("cmdline")).ok()? == want).then_some(pid)
+        })
+        .collect()
 }
 
 /// Opens a port-forward stream pair (error, then data, as client-go) for `port`.
@@ -733,5 +838,227 @@ async fn urls_are_one_time_tokens_and_handshakes_are_checked() {
 
     let err = env.port_forward_url("nosuchpod").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err}");
+    env.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_spdy() {
+    let env = Env::new("exec").await;
+    let pc = env.pod_config("exec");
+    let pod = env.run_pod(&pc).await;
+    let ctr = env.run(&pod, &pc, &["sleep", "3600"]).await;
+
+    // stdout and stderr apart, and the exit code in a v4 status.
+    let url = env
+        .exec_url(exec_req(
+            &ctr,
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+        ))
+        .await
+        .expect("Exec");
+    assert!(url.contains("/exec/"), "{url}");
+    let mut c = SpdyClient::connect(&url, V4, None).await;
+    assert_eq!(c.protocol, "v4.channel.k8s.io");
+    let s = remote_streams(&mut c, &["error", "stdout", "stderr"]).await;
+    c.until_closed().await;
+    assert!(c.goaway, "no GOAWAY before the close");
+    assert_eq!(c.seen(s["stdout"]).data, b"out\n");
+    assert_eq!(c.seen(s["stderr"]).data, b"err\n");
+    assert!(c.seen(s["stdout"]).fin && c.seen(s["stderr"]).fin);
+    assert_eq!(
+        status_of(&c, s["error"]),
+        serde_json::json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": "command terminated with non-zero exit code: error executing command [sh -c echo out; echo err >&2; exit 3], exit code 3",
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": "3"}]},
+        })
+    );
+
+    // stdin to the process, its EOF when the client finishes stdin; success.
+    let mut req = exec_req(&ctr, &["sh", "-c", "cat; echo done"]);
+    req.stdin = true;
+    req.stderr = false;
+    let url = env.exec_url(req).await.unwrap();
+    let mut c = SpdyClient::connect(&url, "v5.channel.k8s.io", None).await;
+    assert_eq!(c.protocol, "v5.channel.k8s.io");
+    let s = remote_streams(&mut c, &["error", "stdin", "stdout"]).await;
+    let stdin = s["stdin"];
+    c.write(stdin, b"hello ", false).await;
+    c.write(stdin, b"world\n", true).await;
+    c.until_closed().await;
+    assert_eq!(c.seen(s["stdout"]).data, b"hello world\ndone\n");
+    assert_eq!(
+        status_of(&c, s["error"]),
+        serde_json::json!({"metadata": {}, "status": "Success"})
+    );
+
+    // Large output: a client that keeps 8 KiB windows and one that keeps none.
+    let expected: Vec<u8> = (1..=60000)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    for window in [Some(8 * 1024), None] {
+        let url = env
+            .exec_url(exec_req(&ctr, &["seq", "1", "60000"]))
+            .await
+            .unwrap();
+        let mut c = SpdyClient::connect(&url, V4, window).await;
+        let s = remote_streams(&mut c, &["error", "stdout", "stderr"]).await;
+        c.until_closed().await;
+        assert!(
+            c.seen(s["stdout"]).data == expected,
+            "output differs ({window:?})"
+        );
+        assert_eq!(status_of(&c, s["error"])["status"], "Success");
+    }
+
+    // A terminal: one output stream, the size the client sends, the process's exit code.
+    let mut req = exec_req(
+        &ctr,
+        &["sh", "-c", "read x; stty size; echo tty=$TERM; exit 4"],
+    );
+    req.tty = true;
+    req.stdin = true;
+    req.stderr = false;
+    let url = env.exec_url(req).await.unwrap();
+    let mut c = SpdyClient::connect(&url, V4, None).await;
+    let s = remote_streams(&mut c, &["error", "stdin", "stdout", "resize"]).await;
+    c.write(s["resize"], br#"{"Width":77,"Height":33}"#, false)
+        .await;
+    c.write(s["resize"], b"\n", false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.write(s["stdin"], b"go\n", false).await;
+    c.until_closed().await;
+    let out = String::from_utf8_lossy(&c.seen(s["stdout"]).data).into_owned();
+    assert!(out.contains("33 77\r\n"), "{out:?}");
+    assert!(out.contains("tty=xterm\r\n"), "{out:?}");
+    let st = status_of(&c, s["error"]);
+    assert_eq!(st["details"]["causes"][0]["message"], "4", "{st}");
+
+    // A client that goes away mid-exec leaves no process behind.
+    let marker = ["sleep", "4321.5"];
+    let url = env.exec_url(exec_req(&ctr, &marker)).await.unwrap();
+    let mut c = SpdyClient::connect(&url, V4, None).await;
+    remote_streams(&mut c, &["error", "stdout", "stderr"]).await;
+    let deadline = Instant::now() + WAIT;
+    while pids_running(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "the exec never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(c);
+    let deadline = Instant::now() + WAIT;
+    while !pids_running(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "the exec outlived its client");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Bad requests.
+    let code = |r: Result<String, tonic::Status>| r.unwrap_err().code();
+    assert_eq!(
+        code(env.exec_url(exec_req("nosuch", &["true"])).await),
+        Code::NotFound
+    );
+    let mut r = exec_req(&ctr, &["true"]);
+    r.tty = true;
+    assert_eq!(code(env.exec_url(r).await), Code::InvalidArgument);
+    let mut r = exec_req(&ctr, &["true"]);
+    (r.stdout, r.stderr) = (false, false);
+    assert_eq!(code(env.exec_url(r).await), Code::InvalidArgument);
+    env.d
+        .runtime()
+        .await
+        .stop_container(cri::StopContainerRequest {
+            container_id: ctr.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        code(env.exec_url(exec_req(&ctr, &["true"])).await),
+        Code::FailedPrecondition
+    );
+    env.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_over_spdy() {
+    let env = Env::new("attach").await;
+    let pc = env.pod_config("attach");
+    let pod = env.run_pod(&pc).await;
+    // As critest's attach container: sh reading its stdin, stdin_once.
+    let mut cfg = env.config("sh-once", &["sh"]);
+    cfg.stdin = true;
+    cfg.stdin_once = true;
+    let once = env.run_config(&pod, &pc, cfg).await;
+    let attach = |id: &str| cri::AttachRequest {
+        container_id: id.into(),
+        stdin: true,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    let url = env.attach_url(attach(&once)).await.expect("Attach");
+    assert!(url.contains("/attach/"), "{url}");
+    let mut c = SpdyClient::connect(&url, V4, None).await;
+    let s = remote_streams(&mut c, &["error", "stdin", "stdout", "stderr"]).await;
+    c.write(s["stdin"], b"echo hello; echo oops >&2\n", false)
+        .await;
+    c.until("the output", |c| {
+        c.seen(s["stdout"]).data == b"hello\n" && c.seen(s["stderr"]).data == b"oops\n"
+    })
+    .await;
+    // Ending stdin closes the container's (stdin_once): sh exits, the session ends.
+    c.write(s["stdin"], b"", true).await;
+    c.until_closed().await;
+    assert_eq!(status_of(&c, s["error"])["status"], "Success");
+    let deadline = Instant::now() + WAIT;
+    while env.container_state(&once).await != cri::ContainerState::ContainerExited as i32 {
+        assert!(Instant::now() < deadline, "sh did not exit on EOF");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Without stdin_once, ending stdin detaches: the container keeps running.
+    let mut cfg = env.config("sh", &["sh"]);
+    cfg.stdin = true;
+    let keep = env.run_config(&pod, &pc, cfg).await;
+    let url = env.attach_url(attach(&keep)).await.unwrap();
+    let mut c = SpdyClient::connect(&url, V4, None).await;
+    let s = remote_streams(&mut c, &["error", "stdin", "stdout", "stderr"]).await;
+    c.write(s["stdin"], b"echo still here\n", false).await;
+    c.until("the output", |c| {
+        c.seen(s["stdout"]).data == b"still here\n"
+    })
+    .await;
+    c.write(s["stdin"], b"", true).await;
+    c.until_closed().await;
+    assert_eq!(status_of(&c, s["error"])["status"], "Success");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        env.container_state(&keep).await,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    // Attached without stdin: the output until the container exits.
+    let url = env
+        .attach_url(cri::AttachRequest {
+            stdin: false,
+            ..attach(&keep)
+        })
+        .await
+        .unwrap();
+    let mut c = SpdyClient::connect(&url, V4, None).await;
+    let s = remote_streams(&mut c, &["error", "stdout", "stderr"]).await;
+    // Feed the container from another attach: its output reaches this one too.
+    let url2 = env.attach_url(attach(&keep)).await.unwrap();
+    let mut c2 = SpdyClient::connect(&url2, V4, None).await;
+    let s2 = remote_streams(&mut c2, &["error", "stdin", "stdout", "stderr"]).await;
+    c2.write(s2["stdin"], b"echo bye; exit 0\n", false).await;
+    c.until_closed().await;
+    assert_eq!(c.seen(s["stdout"]).data, b"bye\n");
+    assert_eq!(status_of(&c, s["error"])["status"], "Success");
+    c2.until_closed().await;
+
+    let err = env.attach_url(attach(&keep)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     env.remove_pod(&pod).await;
 }

@@ -194,7 +194,11 @@ async fn run(cfg: Config) -> Result<()> {
     let stream_listener = tokio::net::TcpListener::bind(stream_addr)
         .await
         .with_context(|| format!("cannot bind the streaming server to {stream_addr}"))?;
-    let streaming = StreamServer::new(stream_listener.local_addr()?, sandboxes.clone());
+    let streaming = StreamServer::new(
+        stream_listener.local_addr()?,
+        containers.clone(),
+        sandboxes.clone(),
+    );
     let listener = bind_socket(&cfg.socket)?;
     let socket = cfg.socket.clone();
     tracing::info!(

@@ -228,6 +228,20 @@ impl RuntimeService for Cri {
         self.get_container_events_impl(req).await
     }
 
+    async fn exec(
+        &self,
+        req: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        self.exec_impl(req).await
+    }
+
+    async fn attach(
+        &self,
+        req: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        self.attach_impl(req).await
+    }
+
     async fn port_forward(
         &self,
         req: Request<cri::PortForwardRequest>,

@@ -340,6 +340,19 @@ impl StreamReader {
     }
 }
 
+impl Drop for StreamReader {
+    /// Nobody reads this stream any more: what the client still sends on it is dropped
+    /// instead of waiting for buffer room.
+    fn drop(&mut self) {
+        let mut st = self.shared.state();
+        if let Some(s) = st.streams.get_mut(&self.id) {
+            s.inbound = None;
+            s.credit.close();
+        }
+        st.settle(self.id);
+    }
+}
+
 /// Our side of a stream. Clones write to the same stream.
 #[derive(Clone)]
 pub struct StreamWriter {
@@ -580,12 +593,14 @@ async fn handle(frame: Frame, incoming: &mpsc::Sender<Stream>, shared: &Arc<Shar
             };
             if let Some((tx, credit)) = target
                 && n > 0
+                && !tx.is_closed()
             {
                 // Waits only for a peer that overruns its window (see the module doc).
                 let want = n.min(spdy::INITIAL_WINDOW as usize) as u32;
-                if let Ok(permits) = credit.acquire_many(want).await {
+                if let Ok(permits) = credit.acquire_many(want).await
+                    && tx.send(data).is_ok()
+                {
                     permits.forget();
-                    let _ = tx.send(data);
                 }
             }
             if n > 0 {

@@ -4,12 +4,15 @@
 //! An RPC validates its request and parks it under a one-time token (`requests`); the
 //! client then connects to `http://ADDR/{exec,attach,portforward}/TOKEN` and upgrades the
 //! HTTP/1.1 connection to SPDY/3.1 (`spdy`, `connection`), the protocol client-go speaks.
-//! Port forwarding is in `portforward`.
+//! Exec and attach sessions are in `remotecommand` (over the process's stdio from
+//! `stdio`), port forwarding in `portforward`.
 
 pub mod connection;
 pub mod portforward;
+pub mod remotecommand;
 pub mod requests;
 pub mod spdy;
+pub mod stdio;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,9 +26,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::container::ContainerService;
 use crate::sandbox::SandboxService;
 use crate::sandbox::spec::{NsMode, PodState};
+use crate::store::containers::ContainerState;
 use portforward::Netns;
+use remotecommand::{AttachRequest, ExecRequest, Session};
 use requests::RequestCache;
 
 /// How long a client may take to open the streams a session needs (kubelet's default).
@@ -40,6 +46,8 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error(transparent)]
+    Container(#[from] crate::container::Error),
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::Error),
     #[error(transparent)]
@@ -62,12 +70,15 @@ pub trait ChannelOut: Send + Sync {
 /// A request parked under a token until its client connects.
 #[derive(Debug, Clone)]
 enum Parked {
+    Remote(Session),
     PortForward { pod_id: String, netns: Netns },
 }
 
 impl Parked {
     fn path(&self) -> &'static str {
         match self {
+            Parked::Remote(Session::Exec(_)) => "exec",
+            Parked::Remote(Session::Attach(_)) => "attach",
             Parked::PortForward { .. } => "portforward",
         }
     }
@@ -83,16 +94,22 @@ struct Inner {
     /// `http://ADDR` with the port actually bound.
     base_url: String,
     requests: RequestCache<Parked>,
+    containers: ContainerService,
     sandboxes: SandboxService,
 }
 
 impl StreamServer {
     /// A server whose URLs point at `addr`, the address its listener is bound to.
-    pub fn new(addr: SocketAddr, sandboxes: SandboxService) -> StreamServer {
+    pub fn new(
+        addr: SocketAddr,
+        containers: ContainerService,
+        sandboxes: SandboxService,
+    ) -> StreamServer {
         StreamServer {
             inner: Arc::new(Inner {
                 base_url: format!("http://{addr}"),
                 requests: RequestCache::new(requests::TOKEN_TTL),
+                containers,
                 sandboxes,
             }),
         }
@@ -102,6 +119,66 @@ impl StreamServer {
         let path = parked.path();
         let token = self.inner.requests.insert(parked)?;
         Ok(format!("{}/{path}/{token}", self.inner.base_url))
+    }
+
+    /// The running container's full id; checks the streams asked for as kubelet does.
+    async fn check_streams(
+        &self,
+        container_id: &str,
+        (stdin, stdout, stderr, tty): (bool, bool, bool, bool),
+    ) -> Result<crate::store::containers::ContainerRecord, Error> {
+        if container_id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "missing required container_id".into(),
+            ));
+        }
+        let rec = self.inner.containers.status(container_id).await?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        if tty && stderr {
+            // A terminal has one output: stdout and stderr cannot be told apart.
+            return Err(Error::InvalidArgument(
+                "tty and stderr cannot both be true".into(),
+            ));
+        }
+        if !stdin && !stdout && !stderr {
+            return Err(Error::InvalidArgument(
+                "one of stdin, stdout, or stderr must be set".into(),
+            ));
+        }
+        Ok(rec)
+    }
+
+    /// The URL for running a command in a running container.
+    pub async fn exec(&self, mut req: ExecRequest) -> Result<String, Error> {
+        let rec = self
+            .check_streams(
+                &req.container_id,
+                (req.stdin, req.stdout, req.stderr, req.tty),
+            )
+            .await?;
+        if req.cmd.is_empty() {
+            return Err(Error::InvalidArgument("exec: empty command".into()));
+        }
+        req.container_id = rec.id;
+        self.url(Parked::Remote(Session::Exec(req)))
+    }
+
+    /// The URL for attaching to a running container.
+    pub async fn attach(&self, mut req: AttachRequest) -> Result<String, Error> {
+        let rec = self
+            .check_streams(
+                &req.container_id,
+                (req.stdin, req.stdout, req.stderr, req.tty),
+            )
+            .await?;
+        req.container_id = rec.id;
+        req.stdin_once = rec.config.stdin_once;
+        self.url(Parked::Remote(Session::Attach(req)))
     }
 
     /// The URL for forwarding ports of a ready pod.
@@ -178,6 +255,7 @@ impl StreamServer {
             _ => return Ok(not_found()),
         };
         let supported: &[&str] = match parked {
+            Parked::Remote(_) => remotecommand::SPDY_PROTOCOLS,
             Parked::PortForward { .. } => &[portforward::PROTOCOL],
         };
         let protocol = match negotiate(&req, supported) {
@@ -201,6 +279,19 @@ impl StreamServer {
             };
             let conn = connection::Connection::new(io);
             match parked {
+                Parked::Remote(session) => {
+                    let version = remotecommand::Version::from_protocol(protocol)
+                        .expect("negotiated from SPDY_PROTOCOLS");
+                    let id = session.container_id().to_string();
+                    tracing::info!(
+                        container_id = id,
+                        protocol,
+                        "{} session",
+                        kind_name(&session)
+                    );
+                    remotecommand::serve_spdy(conn, version, session, &self.inner.containers).await;
+                    tracing::debug!(container_id = id, "streaming session ended");
+                }
                 Parked::PortForward { pod_id, netns } => {
                     tracing::info!(pod_id, "port-forward session");
                     portforward::serve_spdy(conn, pod_id.clone(), netns).await;
@@ -218,6 +309,13 @@ impl StreamServer {
             HeaderValue::from_str(protocol).expect("a protocol name is a header value"),
         );
         Ok(resp)
+    }
+}
+
+fn kind_name(s: &Session) -> &'static str {
+    match s {
+        Session::Exec(_) => "exec",
+        Session::Attach(_) => "attach",
     }
 }
 
