@@ -1733,8 +1733,20 @@ async fn user_namespaced_pod_maps_root_and_owns_its_rootfs() {
     });
     let pod = env.run_pod(&pc).await;
     let script = "cat /proc/self/uid_map; id -u; stat -c %u:%g /bin/sh; \
-                  echo x > /bin/made && stat -c %u /bin/made; ls /proc/1 >/dev/null && echo proc";
+                  echo x > /bin/made && stat -c %u /bin/made; ls /proc/1 >/dev/null && echo proc; \
+                  stat -c %u /vol/f; touch /vol/new && echo vol";
+    // A volume as kubelet gives it to a user-namespaced pod: with the pod's mappings, so
+    // that host root's files are the container root's and back.
+    let vol = TempDir::new("berth-userns-vol");
+    std::fs::write(vol.path().join("f"), b"x").unwrap();
     let mut cfg = env.config("u", &["sh", "-c", script]);
+    cfg.mounts = vec![cri::Mount {
+        container_path: "/vol".into(),
+        host_path: vol.path().display().to_string(),
+        uid_mappings: map(0, 231072),
+        gid_mappings: map(0, 231072),
+        ..Default::default()
+    }];
     cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
         namespace_options: Some(userns(map(0, 231072), map(0, 231072))),
         ..Default::default()
@@ -1749,9 +1761,11 @@ async fn user_namespaced_pod_maps_root_and_owns_its_rootfs() {
     // (idmapped layers), and what the container writes is its root's.
     assert_eq!(
         out,
-        vec!["0 231072 65536", "0", "0:0", "0", "proc"],
+        vec!["0 231072 65536", "0", "0:0", "0", "proc", "0", "vol"],
         "{st:?}"
     );
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(std::fs::metadata(vol.path().join("new")).unwrap().uid(), 0);
     assert_eq!(st.exit_code, 0, "{st:?}");
     // On the host the new file belongs to the mapped root.
     let made = env.containers_dir().join(&id).join("upper/bin/made");

@@ -376,6 +376,18 @@ impl ContainerService {
         // Host paths of bind mounts that do not exist are made, as containerd does.
         super::mounts::prepare_host_paths(&mut rec.config).map_err(spec_err)?;
         pod_user_ns(&pod.spec, &mut rec.config).map_err(spec_err)?;
+        let userns_file = pod
+            .spec
+            .user_ns
+            .is_some()
+            .then(|| namespaces::ns_paths(&self.inner.sandboxes.pod_dir(&pod.id)).user);
+        let (config, idmap) = (rec.config.clone(), rootfs::idmap_dir(&bundle));
+        rec.config = tokio::task::spawn_blocking(move || {
+            stage_idmapped_mounts(config, userns_file.as_deref(), &idmap)
+        })
+        .await
+        .map_err(|e| internal(&id, "idmapped mounts", e))?
+        .map_err(spec_err)?;
         let devices = super::devices::resolve(&rec.config.devices).map_err(spec_err)?;
         let cdi = super::cdi::resolve(&self.inner.cdi_spec_dirs, &rec.config.cdi_devices)
             .map_err(|e| spec_err(e.into()))?;
@@ -479,6 +491,10 @@ impl ContainerService {
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = rootfs::unmount_rootfs(&bundle.join("rootfs")) {
                 tracing::warn!(error = %e, "unmount rootfs");
+                return;
+            }
+            if let Err(e) = rootfs::unmount_idmapped(&rootfs::idmap_dir(&bundle)) {
+                tracing::warn!(error = %e, "unmount idmapped mounts");
                 return;
             }
             let _ = std::fs::remove_dir_all(&bundle);
@@ -891,4 +907,47 @@ fn pod_user_ns(
             Ok(())
         }
     }
+}
+
+/// CRI mounts with ID mappings (kubelet gives them for the volumes of user-namespaced
+/// pods) are made here, idmapped through the pod's user namespace, under `idmap_dir`; the
+/// returned config binds those instead. Mappings other than the pod's, or without a pod
+/// user namespace, are refused.
+fn stage_idmapped_mounts(
+    mut config: super::config::ContainerConfig,
+    userns_file: Option<&std::path::Path>,
+    idmap_dir: &std::path::Path,
+) -> std::result::Result<super::config::ContainerConfig, super::spec::SpecError> {
+    use super::spec::SpecError;
+    let pod_maps = config
+        .security
+        .namespaces
+        .userns
+        .as_ref()
+        .map(|u| (u.uids.clone(), u.gids.clone()));
+    for (n, m) in config.mounts.iter_mut().enumerate() {
+        if m.uid_mappings.is_empty() && m.gid_mappings.is_empty() {
+            continue;
+        }
+        let (Some(userns), Some((uids, gids))) = (userns_file, pod_maps.as_ref()) else {
+            return Err(SpecError::InvalidArgument(format!(
+                "mount {:?} asks for ID mappings but its pod has no user namespace",
+                m.container_path
+            )));
+        };
+        if (&m.uid_mappings, &m.gid_mappings) != (uids, gids) {
+            return Err(SpecError::Unsupported(format!(
+                "mount {:?}: ID mappings other than the pod's user namespace are not supported",
+                m.container_path
+            )));
+        }
+        let staging = idmap_dir.join(n.to_string());
+        rootfs::idmapped_bind(std::path::Path::new(&m.host_path), &staging, userns).map_err(
+            |e| SpecError::InvalidArgument(format!("idmapped mount {:?}: {e}", m.host_path)),
+        )?;
+        m.host_path = staging.display().to_string();
+        m.uid_mappings.clear();
+        m.gid_mappings.clear();
+    }
+    Ok(config)
 }

@@ -96,6 +96,79 @@ pub fn mount_rootfs(
     .map_err(|e| std::io::Error::other(format!("mount overlay at {}: {e}", target.display())))
 }
 
+/// Where a container's idmapped CRI mounts are staged: `<bundle>/idmap/<n>`.
+pub fn idmap_dir(bundle: &Path) -> PathBuf {
+    bundle.join("idmap")
+}
+
+/// A CRI mount with ID mappings (kubelet's volumes of user-namespaced pods): `source` seen
+/// through the user namespace `userns` is mounted at `staging` (made here, a file or a
+/// directory as `source` is), which the container then binds as an ordinary mount
+/// (libcontainer 0.7 makes no idmapped mounts; a bind of an idmapped mount keeps its
+/// mapping). [`unmount_idmapped`] undoes it.
+#[allow(unsafe_code)]
+pub fn idmapped_bind(source: &Path, staging: &Path, userns: &Path) -> std::io::Result<()> {
+    if let Some(parent) = staging.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if std::fs::metadata(source)?.is_dir() {
+        std::fs::create_dir_all(staging)?;
+    } else {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(staging)?;
+    }
+    let tree = idmapped_tree(source, &std::fs::File::open(userns)?)?;
+    let target = std::ffi::CString::new(staging.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("NUL in a staging path"))?;
+    let empty = c"";
+    // SAFETY: both strings outlive the call; `tree` is an open detached mount.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("move_mount to {}: {e}", staging.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Unmounts every staged idmapped mount under `dir` and removes it. Idempotent; when a
+/// mount stays, nothing is removed (it would remove the volume's files).
+pub fn unmount_idmapped(dir: &Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        while crate::sandbox::files::is_mountpoint(&p) {
+            umount2(&p, MntFlags::MNT_DETACH)
+                .map_err(|err| std::io::Error::other(format!("unmount {}: {err}", p.display())))?;
+        }
+    }
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            std::fs::remove_dir(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    std::fs::remove_dir(dir)
+}
+
 /// A detached copy of the mount tree at `path` whose files' owners are seen through the
 /// user namespace `userns` (`open_tree` + `mount_setattr(MOUNT_ATTR_IDMAP)`).
 #[allow(unsafe_code)]
