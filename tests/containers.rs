@@ -1764,7 +1764,6 @@ async fn user_namespaced_pod_maps_root_and_owns_its_rootfs() {
         vec!["0 231072 65536", "0", "0:0", "0", "proc", "0", "vol"],
         "{st:?}"
     );
-    use std::os::unix::fs::MetadataExt as _;
     assert_eq!(std::fs::metadata(vol.path().join("new")).unwrap().uid(), 0);
     assert_eq!(st.exit_code, 0, "{st:?}");
     // On the host the new file belongs to the mapped root.
@@ -1925,5 +1924,198 @@ async fn bad_user_namespace_requests_are_refused() {
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
     }
+    env.assert_nothing_left().await;
+}
+
+// cgroup v1 mounts in a shared PID namespace ------------------------------------------------
+
+/// The pid of a host process in its innermost PID namespace (the last `NSpid` field).
+fn innermost_pid(host_pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{host_pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+fn host_has_pid(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// libcontainer 0.7 builds its emulated v1 cgroup mount from the host's
+/// `/proc/<init's pid in its own PID namespace>/cgroup`: in a pod's shared PID namespace a
+/// container whose init gets a pid that no host process has failed to create ("failed to
+/// prepare rootfs"). berth now emits the emulation itself; every container must start,
+/// and see only its own cgroups under `/sys/fs/cgroup`, read-only unless privileged.
+#[tokio::test]
+async fn shared_pid_namespace_containers_get_their_own_v1_cgroups() {
+    if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
+        eprintln!("cgroup v2 host: the v1 cgroup mount emulation does not apply");
+        return;
+    }
+    let env = Env::new("pidns-cg").await;
+    let shared_pid = || cri::NamespaceOption {
+        pid: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    };
+    let mut pc = env.pod_config("pidns-cg");
+    pc.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(shared_pid()),
+        privileged: true,
+        ..Default::default()
+    });
+    let pod = env.run_pod(&pc).await;
+    let sleeper = |name: &str, memory: i64, privileged: bool| {
+        let mut cfg = env.config(name, &["sleep", "1000"]);
+        let linux = cfg.linux.as_mut().unwrap();
+        linux.security_context = Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(shared_pid()),
+            privileged,
+            ..Default::default()
+        });
+        linux.resources = Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: memory,
+            ..Default::default()
+        });
+        cfg
+    };
+    let mut ids = vec![env.run(&pod, &pc, sleeper("c0", 64 << 20, false)).await];
+
+    // Move the pod's PID counter up to a pid the host lacks, then start a container there.
+    let mut hit: Option<(String, u32)> = None;
+    for attempt in 1..=40 {
+        let r = env
+            .exec(&ids[0], &["sh", "-c", "echo $$"], 10)
+            .await
+            .expect("exec");
+        let last: u32 = String::from_utf8_lossy(&r.stdout).trim().parse().unwrap();
+        let gap = (last + 1..50_000)
+            .find(|p| !host_has_pid(*p))
+            .expect("a pid the host does not use");
+        if gap > last + 8 {
+            // Each `(:)` forks once; stop short and come back to step singly.
+            let burn = format!(
+                "i=0; while [ $i -lt {} ]; do (:); i=$((i+1)); done",
+                gap - last - 4
+            );
+            env.exec(&ids[0], &["sh", "-c", &burn], 60)
+                .await
+                .expect("burn pids");
+            continue;
+        }
+        if gap > last + 1 {
+            continue; // this exec used one more pid
+        }
+        let name = format!("c{attempt}");
+        let id = env
+            .create(&pod, &pc, sleeper(&name, 96 << 20, false))
+            .await
+            .unwrap_or_else(|e| panic!("create {name} (pod pid {gap}): {e}"));
+        env.start(&id)
+            .await
+            .unwrap_or_else(|e| panic!("start {name} (pod pid {gap}): {e}"));
+        ids.push(id.clone());
+        let host_pid = env.info(&id).await["pid"].as_u64().expect("pid") as u32;
+        let pod_pid = innermost_pid(host_pid).expect("NSpid");
+        if !host_has_pid(pod_pid) {
+            hit = Some((id, pod_pid));
+            break;
+        }
+    }
+    let (id, pod_pid) = hit.expect("no container init got a pid the host lacks");
+    assert_eq!(
+        env.status(&id).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    // More containers after it start too.
+    for name in ["after1", "after2"] {
+        ids.push(env.run(&pod, &pc, sleeper(name, 64 << 20, false)).await);
+    }
+
+    // Inside: the container's own cgroup in every hierarchy mounted, its limit, read-only.
+    let cgroup = env.info(&id).await["cgroup"]
+        .as_str()
+        .expect("cgroup")
+        .to_string();
+    let script = "cat /proc/self/cgroup; echo ---; \
+                  cat /sys/fs/cgroup/memory/memory.limit_in_bytes; echo ---; \
+                  for d in /sys/fs/cgroup/*/; do n=${d%/}; n=${n##*/}; \
+                  if grep -qx $$ $d/cgroup.procs; then echo \"$n own\"; else echo \"$n other\"; fi; \
+                  done; echo ---; \
+                  echo 1000000000 > /sys/fs/cgroup/memory/memory.limit_in_bytes && echo wrote; \
+                  grep -qx 1 /sys/fs/cgroup/memory/cgroup.procs || echo no-pod-init";
+    let r = env.exec(&id, &["sh", "-c", script], 10).await.unwrap();
+    let out = String::from_utf8_lossy(&r.stdout).to_string();
+    let parts: Vec<&str> = out.split("---\n").collect();
+    assert_eq!(parts.len(), 4, "{out}");
+    let memory_line = parts[0]
+        .lines()
+        .find(|l| l.split(':').nth(1) == Some("memory"))
+        .unwrap_or_else(|| panic!("no memory line: {out}"));
+    assert!(memory_line.ends_with(&format!(":{cgroup}")), "{out}");
+    assert_eq!(parts[1].trim(), (96u64 << 20).to_string(), "{out}");
+    let seen: Vec<&str> = parts[2].lines().collect();
+    assert!(seen.contains(&"memory own"), "{out}");
+    assert!(seen.iter().all(|l| l.ends_with(" own")), "{out}");
+    assert!(!parts[3].contains("wrote"), "{out}");
+    assert!(parts[3].contains("no-pod-init"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(
+            env.cgroup_dir("memory", &cgroup)
+                .join("memory.limit_in_bytes")
+        )
+        .unwrap()
+        .trim(),
+        (96u64 << 20).to_string()
+    );
+    assert!(
+        !host_has_pid(pod_pid),
+        "pod pid {pod_pid} appeared on the host"
+    );
+
+    // A privileged container gets its cgroups read-write.
+    let privileged = env.run(&pod, &pc, sleeper("priv", 64 << 20, true)).await;
+    ids.push(privileged.clone());
+    let r = env
+        .exec(
+            &privileged,
+            &[
+                "sh",
+                "-c",
+                "echo 100663296 > /sys/fs/cgroup/memory/memory.limit_in_bytes && \
+                 cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        "100663296",
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let priv_cgroup = env.info(&privileged).await["cgroup"]
+        .as_str()
+        .expect("cgroup")
+        .to_string();
+    assert_eq!(
+        std::fs::read_to_string(
+            env.cgroup_dir("memory", &priv_cgroup)
+                .join("memory.limit_in_bytes")
+        )
+        .unwrap()
+        .trim(),
+        "100663296"
+    );
+
+    for id in &ids {
+        env.stop(id, 0).await;
+        env.remove(id).await;
+    }
+    env.remove_pod(&pod).await;
     env.assert_nothing_left().await;
 }
