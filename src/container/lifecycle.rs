@@ -731,7 +731,10 @@ impl ContainerService {
         cmd: Vec<String>,
         timeout: Duration,
     ) -> Result<sp::ExecSyncResponse> {
-        let rec = self.status(id).await?;
+        // The record (kept current by the shim's event stream) is enough: the shim checks
+        // the state again, so no round trip to it is needed first (kubelet's exec probes
+        // make this a hot path).
+        let rec = self.get(id)?;
         if rec.state != ContainerState::Running {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is not running",
