@@ -30,7 +30,7 @@ use nix::fcntl::OFlag;
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// One test's world: berthd's services over a temporary root, a pod (host network, so no
-/// CNI) and the busybox image pulled from the test's own registry.
+/// CNI; a PID namespace per container) and the busybox image pulled from the test's own registry.
 struct Env {
     containers: ContainerService,
     sandboxes: SandboxService,
@@ -94,6 +94,9 @@ impl Env {
             log_directory: env.logs.display().to_string(),
             cgroup_parent: format!("/{}/pod", env.cgroup_top),
             network: NsMode::Node,
+            // Kubernetes' default. (A shared PID namespace makes libcontainer 0.7's cgroup
+            // v1 mount look at the host's /proc/<pid in the pod>: creates fail at random.)
+            pid: NsMode::Container,
             ..Default::default()
         };
         env.pod = env.sandboxes.run(spec).await.expect("run pod").id;
@@ -109,7 +112,20 @@ impl Env {
         once: bool,
         tty: bool,
     ) -> String {
-        let config = ContainerConfig {
+        self.container_as(name, cmd, stdin, once, tty, None).await
+    }
+
+    /// [`Env::container`] with `run_as_user`.
+    async fn container_as(
+        &self,
+        name: &str,
+        cmd: &[&str],
+        stdin: bool,
+        once: bool,
+        tty: bool,
+        user: Option<i64>,
+    ) -> String {
+        let mut config = ContainerConfig {
             metadata: ContainerMetadata {
                 name: name.into(),
                 attempt: 0,
@@ -122,11 +138,18 @@ impl Env {
             tty,
             ..Default::default()
         };
+        config.security.run_as_user = user;
         let rec = self
             .containers
             .create(&self.pod, config)
             .await
-            .unwrap_or_else(|e| panic!("create {name}: {e}\n{}", self.shim_log()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "create {name}: {e}\n{}\n{}",
+                    self.shim_log(),
+                    self.log(name)
+                )
+            });
         self.containers.start(&rec.id).await.expect("start");
         rec.id
     }
@@ -393,6 +416,28 @@ async fn exec_with_pipes() {
     assert_eq!(code, 128 + 9, "killed by SIGKILL");
     assert_eq!(out.wait_eof().await, "done\n");
 
+    // A process of another user owns its pipes, as with runc: it may reopen them.
+    let user = env
+        .container_as(
+            "user",
+            &["sleep", "100000"],
+            false,
+            false,
+            false,
+            Some(1000),
+        )
+        .await;
+    let (out_r, out_w) = pipe();
+    let out = Collector::new(out_r);
+    let io = ProcessIo {
+        stdout: Some(out_w),
+        ..Default::default()
+    };
+    let cmd = args(&["sh", "-c", "id -u > /dev/stdout"]);
+    let code = env.containers.exec_interactive(&user, cmd, false, io).await;
+    assert_eq!(code.unwrap(), 0);
+    assert_eq!(out.wait_eof().await, "1000\n");
+
     // The errors ExecSync gives.
     let e = env
         .containers
@@ -434,7 +479,9 @@ async fn exec_with_a_tty() {
         .container("main", &["sleep", "100000"], false, false, false)
         .await;
 
-    let pty = nix::pty::openpty(None, None).expect("openpty");
+    // A pty of the container's own /dev/pts: the process knows its name.
+    let pty = env.containers.open_pty(&id).await.expect("open_pty");
+    assert!(pty.name.starts_with("/dev/pts/"), "{}", pty.name);
     let master = pty.master;
     let out = Collector::new(master.try_clone().unwrap());
     let svc = env.containers.clone();
@@ -461,8 +508,60 @@ async fn exec_with_a_tty() {
         .expect("exec");
     assert_eq!(code, 0);
     let text = out.wait_eof().await;
+    assert!(text.starts_with(&format!("{}\r\n", pty.name)), "{text:?}");
     assert!(text.contains("TERM=xterm"), "{text:?}");
     assert!(text.contains("33 97"), "{text:?}");
+
+    // A pty of the host's works too, nameless inside.
+    let host = nix::pty::openpty(None, None).expect("openpty");
+    let out = Collector::new(host.master);
+    let io = ProcessIo {
+        stdout: Some(host.slave),
+        ..Default::default()
+    };
+    let cmd = args(&["sh", "-c", "test -t 0 && echo isatty"]);
+    assert_eq!(
+        env.containers
+            .exec_interactive(&id, cmd, true, io)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(out.wait_eof().await, "isatty\r\n");
+
+    // A process of another user owns its terminal, as with runc: it may reopen it.
+    let user = env
+        .container_as(
+            "user",
+            &["sleep", "100000"],
+            false,
+            false,
+            false,
+            Some(1000),
+        )
+        .await;
+    let pty = env.containers.open_pty(&user).await.unwrap();
+    let out = Collector::new(pty.master);
+    let io = ProcessIo {
+        stdin: Some(pty.slave),
+        ..Default::default()
+    };
+    let cmd = args(&[
+        "sh",
+        "-c",
+        "id -u; stat -c %u $(tty); echo reopened > /dev/stdout",
+    ]);
+    let code = env.containers.exec_interactive(&user, cmd, true, io).await;
+    let text = out.wait_eof().await;
+    assert_eq!(code.unwrap(), 0, "{text:?}");
+    assert_eq!(text, "1000\r\n1000\r\nreopened\r\n");
+
+    let e = env
+        .containers
+        .open_pty("no-such-container")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)), "{e:?}");
     env.finish().await;
 }
 

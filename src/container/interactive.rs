@@ -12,12 +12,26 @@ use crate::store::containers::ContainerState;
 /// The process's own ends of its stdio, as berthd made them: stdin a read end, stdout and
 /// stderr write ends (pipes), or with `tty` one pty slave for all three (in `stdin` or
 /// `stdout`; the others None). A stream left None is /dev/null (with a tty, the slave is
-/// stdin, stdout and stderr whichever field holds it).
+/// stdin, stdout and stderr whichever field holds it). Make the pty with
+/// [`ContainerService::open_pty`]: one of the host's works too, but inside the container
+/// it has no name (`tty` says "not a tty", ttyname(3) fails).
 #[derive(Debug, Default)]
 pub struct ProcessIo {
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+}
+
+/// A pseudo-terminal made in a container's own /dev/pts.
+#[derive(Debug)]
+pub struct Pty {
+    /// The caller's end: what the process writes is read here, what is written here is
+    /// its input; resize with TIOCSWINSZ. Blocking, close-on-exec.
+    pub master: OwnedFd,
+    /// For [`ProcessIo`]: the process's stdin, stdout, stderr and controlling terminal.
+    pub slave: OwnedFd,
+    /// The slave's path inside the container, e.g. `/dev/pts/0`.
+    pub name: String,
 }
 
 #[derive(Debug)]
@@ -69,6 +83,30 @@ impl ContainerService {
             .exec_interactive(&rec.id, cmd, tty, [io.stdin, io.stdout, io.stderr])
             .await
             .map_err(|e| shim_err(&rec.id, "exec", e))
+    }
+
+    /// A new pseudo-terminal in the running container `id`'s own /dev/pts, for
+    /// [`ContainerService::exec_interactive`] with `tty`: made there (as runc makes an
+    /// exec's console), its slave is named inside the container as it is for the process.
+    /// Errors: unknown container NotFound, not running FailedPrecondition.
+    pub async fn open_pty(&self, id: &str) -> Result<Pty> {
+        let rec = self.status(id).await?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let (master, slave, name) = self
+            .shim(&rec)
+            .open_pty(&rec.id)
+            .await
+            .map_err(|e| shim_err(&rec.id, "open a pty", e))?;
+        Ok(Pty {
+            master,
+            slave,
+            name,
+        })
     }
 
     /// Attaches to the running container's main process: from now until it exits, the

@@ -14,5 +14,5 @@ pub mod seccomp;
 pub mod spec;
 pub mod user;
 
-pub use interactive::{Attach, ProcessIo};
+pub use interactive::{Attach, ProcessIo, Pty};
 pub use lifecycle::{ContainerService, Error};

@@ -17,8 +17,9 @@ use super::server::{pid_path, socket_path};
 use crate::proto::shim::{
     AttachRequest, ContainerState, ContainerStateRequest, CreateContainerRequest,
     DeleteContainerRequest, ErrorKind, Event, ExecRequest, ExecSyncRequest, ExecSyncResponse,
-    KillContainerRequest, PingRequest, PingResponse, ReopenLogRequest, Request, Response,
-    SandboxConfig, ShutdownRequest, StartContainerRequest, SubscribeRequest, request, response,
+    KillContainerRequest, OpenPtyRequest, PingRequest, PingResponse, ReopenLogRequest, Request,
+    Response, SandboxConfig, ShutdownRequest, StartContainerRequest, SubscribeRequest, request,
+    response,
 };
 
 /// How long a shim may take to start (namespaces, sysctls, pins) and report ready.
@@ -279,6 +280,35 @@ impl ShimClient {
         match answer("exec", reader.next(&mut stream, "exec").await?)? {
             response::Kind::ExecExit(e) => Ok(e.exit_code),
             other => Err(unexpected("exec", &other)),
+        }
+    }
+
+    /// A new pty in the running container's own /dev/pts (see `OpenPtyRequest`):
+    /// (master, slave, the slave's name inside the container).
+    pub async fn open_pty(&self, id: &str) -> Result<(OwnedFd, OwnedFd, String), Error> {
+        let req = request::Kind::OpenPty(OpenPtyRequest {
+            container_id: id.into(),
+        });
+        let (_, mut reader, resp) = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.exchange_fds("open pty", req, Vec::new()),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "open pty",
+            after: REQUEST_TIMEOUT,
+        })??;
+        match answer("open pty", resp)? {
+            response::Kind::OpenPty(p) => {
+                let mut fds = reader.fds.drain(..);
+                match (fds.next(), fds.next()) {
+                    (Some(master), Some(slave)) => Ok((master, slave, p.name)),
+                    _ => Err(Error::Protocol(
+                        "open pty answered without the master and the slave".into(),
+                    )),
+                }
+            }
+            other => Err(unexpected("open pty", &other)),
         }
     }
 

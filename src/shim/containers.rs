@@ -911,6 +911,19 @@ impl Runtime {
         }
     }
 
+    /// A new pty in the running container's /dev/pts: (master, slave, the slave's name).
+    pub fn open_pty(&mut self, id: &str) -> Result<(OwnedFd, OwnedFd, String), Failure> {
+        let ci = self.lookup(id)?;
+        let c = &self.containers[ci];
+        if c.status != Status::Running {
+            return Err(Failure::precondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        interactive::open_pty(c.pid)
+            .map_err(|e| Failure::internal(format!("container {id}: open a pty: {e}")))
+    }
+
     /// Attaches `stdout` and `stderr` (either may be absent) to the container's output
     /// until it exits; returns the container's stdin (None without one, or once a
     /// stdin_once container's has been handed over) and whether it has a tty. With a

@@ -11,7 +11,7 @@
 //! timeout passes the process and its process group are killed with SIGKILL and the
 //! answer, once it is reaped, says `timed_out` with whatever output arrived.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,41 @@ pub struct Stdio {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+}
+
+/// Makes the process's user the owner of its stdio (not /dev/null), as runc does
+/// (`fixStdioPermissions`): a non-root process may then reopen them (`/dev/stdout`,
+/// `/proc/self/fd/N`) and use its terminal as its own. The group stays (a devpts mount
+/// may give its ptys the tty group). `uid` is the container's; with a user namespace it
+/// is mapped to the host's. Best effort, as in runc.
+fn give_stdio(spec: &Spec, uid: u32, stdio: &Stdio) {
+    let host_uid = match spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.uid_mappings().as_ref())
+    {
+        Some(maps) if !maps.is_empty() => maps.iter().find_map(|m| {
+            let offset = uid.checked_sub(m.container_id())?;
+            (offset < m.size()).then(|| m.host_id() + offset)
+        }),
+        _ => Some(uid),
+    };
+    let (Some(host_uid), Ok(null)) = (host_uid, nix::sys::stat::stat("/dev/null")) else {
+        return;
+    };
+    for fd in [&stdio.stdin, &stdio.stdout, &stdio.stderr] {
+        let Ok(st) = nix::sys::stat::fstat(fd.as_raw_fd()) else {
+            continue;
+        };
+        if st.st_uid == host_uid || st.st_rdev == null.st_rdev {
+            continue;
+        }
+        let _ = nix::unistd::fchown(
+            fd.as_raw_fd(),
+            Some(nix::unistd::Uid::from_raw(host_uid)),
+            None,
+        );
+    }
 }
 
 /// Starts `args` in container `id` with libcontainer's tenant builder (ExecSync and

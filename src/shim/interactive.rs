@@ -11,8 +11,12 @@
 //!   without blocking: a reader that cannot take a chunk whole, or has gone away, is
 //!   dropped, so neither the container nor its log ever waits for it. They are closed
 //!   when the container exits. The answer carries the container's stdin.
+//! - **A pty for an exec** is made in the container's own devpts ([`open_pty`]), not the
+//!   host's: inside, the slave then has a name (`tty` prints `/dev/pts/N`, ttyname(3)
+//!   works), as with runc, which makes it in the container.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
@@ -43,6 +47,66 @@ impl Interactive {
         let _ = kill(Pid::from_raw(-self.pid.as_raw()), Signal::SIGKILL);
         let _ = kill(self.pid, Signal::SIGKILL);
     }
+}
+
+/// The devpts multiplexer, `/dev/pts/ptmx`: character device 5:2.
+const PTMX: (u64, u64) = (5, 2);
+
+/// A new pseudo-terminal in the devpts of the container whose init is `pid` (the shim's,
+/// i.e. the host's, pid): its `/dev/pts/ptmx`, looked up in the container's root without
+/// leaving it or following a symlink, and checked to be the ptmx device before it is
+/// opened. Returns the master, the slave (both close-on-exec, not controlling) and the
+/// slave's name inside the container.
+#[allow(unsafe_code)]
+pub fn open_pty(pid: Pid) -> Result<(OwnedFd, OwnedFd, String), String> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
+    use nix::sys::stat::{Mode, SFlag, fstat, major, minor};
+    let root_path = format!("/proc/{pid}/root");
+    let root = open(
+        root_path.as_str(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open {root_path}: {e}"))?;
+    // SAFETY: `open` just returned this fd; nothing else owns it.
+    let root = unsafe { OwnedFd::from_raw_fd(root) };
+    // O_PATH: nothing is opened until it is known to be the ptmx. RESOLVE_IN_ROOT keeps
+    // the container's symlinks inside its root.
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let ptmx = openat2(root.as_raw_fd(), "dev/pts/ptmx", how)
+        .map_err(|e| format!("find /dev/pts/ptmx in the container: {e}"))?;
+    // SAFETY: `openat2` just returned this fd; nothing else owns it.
+    let ptmx = unsafe { OwnedFd::from_raw_fd(ptmx) };
+    let st = fstat(ptmx.as_raw_fd()).map_err(|e| format!("fstat /dev/pts/ptmx: {e}"))?;
+    let is_chr = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
+    if !is_chr || (major(st.st_rdev), minor(st.st_rdev)) != PTMX {
+        return Err("the container's /dev/pts/ptmx is not the pty multiplexer".into());
+    }
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(format!("/proc/self/fd/{}", ptmx.as_raw_fd()))
+        .map_err(|e| format!("open /dev/pts/ptmx: {e}"))?
+        .into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int, which lives across the call.
+    Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) })
+        .map_err(|e| format!("unlock the pty: {e}"))?;
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int into `n`, which lives across the call.
+    Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) })
+        .map_err(|e| format!("pty number: {e}"))?;
+    // The slave through the master (no path lookup in the container's /dev/pts).
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes the open flags as an int and returns a new fd.
+    let slave = Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) })
+        .map_err(|e| format!("open the pty's slave: {e}"))?;
+    // SAFETY: the ioctl just returned this new fd; nothing else owns it.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    Ok((master, slave, format!("/dev/pts/{n}")))
 }
 
 /// How many fds an exec request comes with.
@@ -184,10 +248,10 @@ mod tests {
         }
         // A small pipe that one chunk overfills.
         nix::fcntl::fcntl(w2.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
-        drop(r3);
         let mut attached = vec![Some(w1), Some(w2), Some(w3)];
         forward(&mut attached, b"hello\n", "c");
         assert!(attached.iter().all(Option::is_some));
+        drop(r3);
         forward(&mut attached, &[b'x'; 8192], "c");
         assert!(attached[0].is_some());
         assert!(attached[1].is_none(), "the full pipe's reader is dropped");

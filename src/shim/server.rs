@@ -56,7 +56,8 @@ use super::sysctl;
 use crate::network::netlink;
 use crate::proto::shim::{
     AttachResponse, CreateContainerResponse, Empty, ExecExit, ExecStarted, NamespaceMode,
-    PingResponse, Request, Response, SandboxConfig, ShutdownResponse, request, response,
+    OpenPtyResponse, PingResponse, Request, Response, SandboxConfig, ShutdownResponse, request,
+    response,
 };
 use crate::sandbox::namespaces::{self, Namespace};
 
@@ -1079,6 +1080,14 @@ impl Shim {
                     }
                 }
             }
+            Some(request::Kind::OpenPty(p)) => match self.rt.open_pty(&p.container_id) {
+                Ok((master, slave, name)) => {
+                    let resp = ok(response::Kind::OpenPty(OpenPtyResponse { name }));
+                    self.conns[idx].queue_with_fds(&resp, vec![master, slave]);
+                    return None;
+                }
+                Err(f) => failed(f),
+            },
             Some(request::Kind::Attach(a)) => {
                 let n = usize::from(a.stdout) + usize::from(a.stderr);
                 let Some(fds) = self.conns[idx].take_fds(n) else {
