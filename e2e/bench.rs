@@ -6,7 +6,7 @@
 //!             [--vs unix:///run/containerd/containerd.sock] \
 //!             [--count 10] [--warmup 1] [--only memory,pull,runp,...] [--json out.json] \
 //!             [--image REF] [--image-busybox REF] [--pods 100] [--concurrency 1] \
-//!             [--daemon-pid PID] [--vs-daemon-pid PID]
+//!             [--max-pods 500] [--daemon-pid PID] [--vs-daemon-pid PID]
 //! ```
 //!
 //! Every figure is a [`Figure`]: set up once per runtime, then `--warmup` discarded runs and
@@ -25,7 +25,10 @@
 //! - `create-start`: CreateContainer + StartContainer of busybox `sleep 3600`; `exec`:
 //!   ExecSync `true` (`bench/containers.rs`);
 //! - `full-pod`: sandbox + one running container over `--pods` pods kept running,
-//!   sequentially and, with `--concurrency C` > 1, C at a time (`bench/pods.rs`).
+//!   sequentially and, with `--concurrency C` > 1, C at a time (`bench/pods.rs`);
+//! - `density` (last: it churns through hundreds of pods): full pods one after another up
+//!   to `--max-pods`, the latency and the daemon's and shims' RSS at 100, 250 and 500
+//!   pods; the runtimes one after the other, not alternated (`bench/density.rs`).
 //!
 //! The container figures use `--image-busybox`, pulled once before them if the runtime
 //! lacks it (and then removed at the end). Every pod is labelled with this run's token and
@@ -49,6 +52,8 @@ use cri::runtime_service_client::RuntimeServiceClient;
 
 #[path = "bench/containers.rs"]
 mod containers;
+#[path = "bench/density.rs"]
+mod density;
 #[path = "bench/memory.rs"]
 mod memory;
 #[path = "bench/ops.rs"]
@@ -110,6 +115,9 @@ struct Cli {
     /// full-pod: also start the pods this many at a time (1: sequential only)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
+    /// density: start pods one after another up to this many (steps at 100, 250, 500)
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    max_pods: u32,
     /// memory: pid of the --endpoint daemon (default: the process holding its listening
     /// socket, found through /proc/net/unix and /proc/*/fd)
     #[arg(long)]
@@ -135,6 +143,8 @@ enum FigureName {
     Exec,
     /// Sandbox + one running container, --pods pods, sequential and --concurrency (ms)
     FullPod,
+    /// Full pods up to --max-pods: latency, daemon and shims' RSS at 100, 250, 500 pods
+    Density,
 }
 
 impl FigureName {
@@ -142,7 +152,11 @@ impl FigureName {
     fn needs_image(self) -> bool {
         matches!(
             self,
-            FigureName::Memory | FigureName::CreateStart | FigureName::Exec | FigureName::FullPod
+            FigureName::Memory
+                | FigureName::CreateStart
+                | FigureName::Exec
+                | FigureName::FullPod
+                | FigureName::Density
         )
     }
 }
@@ -452,7 +466,15 @@ fn machine() -> Value {
         "mem_total_bytes": mem_kib.map(|k| k * 1024),
         "date": rfc3339_utc(now),
         "unix_time": now,
+        "loadavg": loadavg(),
     })
+}
+
+/// /proc/loadavg's 1, 5 and 15 minute load averages (the benchmark shares the machine).
+fn loadavg() -> Option<String> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 /// Seconds since the epoch → `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, proleptic Gregorian).
@@ -492,6 +514,7 @@ async fn figures(
         FigureName::CreateStart,
         FigureName::Exec,
         FigureName::FullPod,
+        FigureName::Density,
     ];
     if all.iter().any(|f| only(*f) && f.needs_image()) {
         for rt in rts.iter_mut() {
@@ -541,6 +564,17 @@ async fn figures(
                         warmup: w,
                     };
                     reports.push(measure(&fig, rts, w, c).await?);
+                }
+            }
+            FigureName::Density => {
+                let fig = density::Density {
+                    max_pods: cli.max_pods,
+                };
+                let rep = measure(&fig, rts, w, c).await?;
+                let failures = density::failures(&rep);
+                reports.push(rep);
+                if !failures.is_empty() {
+                    bail!("density: {}", failures.join("; "));
                 }
             }
         }
@@ -621,6 +655,12 @@ async fn run(cli: Cli) -> Result<()> {
             eprintln!("berth-bench: the figures that completed:");
         }
         println!("{}", report::table(&reports, rts.len()));
+        println!(
+            "Load average (1, 5, 15 min) at the start {}, at the end {}; {} cores.",
+            machine["loadavg"].as_str().unwrap_or("?"),
+            loadavg().as_deref().unwrap_or("?"),
+            machine["nproc"]
+        );
     }
     if let Some(path) = &cli.json {
         let doc = json!({
@@ -629,6 +669,7 @@ async fn run(cli: Cli) -> Result<()> {
                 "build": if cfg!(debug_assertions) { "debug" } else { "release" },
             },
             "machine": machine,
+            "loadavg_end": loadavg(),
             "params": {
                 "image": cli.image,
                 "image_busybox": cli.image_busybox,
@@ -636,6 +677,7 @@ async fn run(cli: Cli) -> Result<()> {
                 "warmup": cli.warmup,
                 "pods": cli.pods,
                 "concurrency": cli.concurrency,
+                "max_pods": cli.max_pods,
                 "percentiles": "nearest rank over the measured runs (warm-up runs excluded)",
                 "order": "runtimes alternate run by run: A B, B A, A B, ...",
             },

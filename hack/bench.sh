@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark berth side by side with Debian's containerd (issue 6, DESIGN.md "Targets").
 #
-#   sudo ./hack/bench.sh [--count N] [--pods P] [--warmup W] [--json FILE]
-#                        [--no-containerd] [--only FIG,...] [--keep] [-- BENCH-ARGS...]
+#   sudo ./hack/bench.sh [--count N] [--pods P] [--concurrency C] [--max-pods M]
+#                        [--warmup W] [--json FILE] [--no-containerd] [--only FIG,...]
+#                        [--keep] [-- BENCH-ARGS...]
 #
 # Run as root from the repository. It
 #   1. installs what it needs from Debian (docker-registry, containernetworking-plugins,
@@ -12,8 +13,10 @@
 #   3. starts a docker-registry on a free 127.0.0.1 port in a temporary directory and pushes
 #      berth's test images (berth-testimg) and, for containerd, the conformance kit's images
 #      (its pause image is containerd's sandbox image);
-#   4. writes a CNI conflist there: a bridge of its own (name and 10.198.X.0/24 subnet not
-#      in use), host-local IPAM with its data in the temporary directory, portmap;
+#   4. writes a CNI conflist there: a bridge of its own (name and a 10.198.X.0/20 subnet
+#      not in use: 4094 addresses, room for both runtimes' --max-pods at once), host-local
+#      IPAM with its data in the temporary directory, portmap; raises the host limits that
+#      hundreds of pods reach (see "host limits" below; restored on exit);
 #   5. starts target/release/berthd with root, state and socket in the temporary directory,
 #      docker.io mirrored to the registry;
 #   6. with containerd: starts `containerd --config` with its own root, state, sockets and
@@ -23,14 +26,19 @@
 #      goes to --json (default target/bench/bench-DATE.json);
 #   8. cleans up on exit, failure or Ctrl-C: pods left behind, daemons and their shims,
 #      the registry, mounts under the temporary directory, network namespaces it made, the
-#      bridge, the iptables rules of its subnet and network, the temporary directory.
+#      bridge, the iptables rules of its subnet and network, the sysctls it raised, the
+#      temporary directory.
 #
-# Defaults: --count 20 --pods 50 --warmup 1, containerd on. Arguments after `--` go to
-# berth-bench as they are (e.g. -- --concurrency 4).
+# Defaults: --count 20 --pods 100 --concurrency 4 --max-pods 500 --warmup 1, containerd
+# on: every figure (memory with 100 pods, full-pod over 100 pods sequential and 4 at a
+# time, density up to 500 pods on each runtime, one after the other). Arguments after `--`
+# go to berth-bench as they are.
 set -Eeuo pipefail
 
 COUNT=20
-PODS=50
+PODS=100
+CONCURRENCY=4
+MAX_PODS=500
 WARMUP=1
 JSON=""
 VS_CONTAINERD=1
@@ -44,6 +52,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --count) COUNT=$2; shift 2 ;;
     --pods) PODS=$2; shift 2 ;;
+    --concurrency) CONCURRENCY=$2; shift 2 ;;
+    --max-pods) MAX_PODS=$2; shift 2 ;;
     --warmup) WARMUP=$2; shift 2 ;;
     --json) JSON=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
@@ -73,6 +83,8 @@ BERTHD_PID=""
 CONTAINERD_PID=""
 BRIDGE=""
 SUBNET=""
+SUBNET_RE=""
+SYSCTL_RESTORE=()
 NETNAME=""
 NETNS_BEFORE=""
 RUN_CONTAINERD_NEW=0
@@ -113,7 +125,7 @@ clean_iptables() {
   command -v iptables-save >/dev/null || return 0
   for table in nat filter mangle; do
     rules=$(iptables-save -t "$table" 2>/dev/null |
-      grep -E -- "^-A " | grep -E -- "${SUBNET%.0/24}\\.|${NETNAME}" || true)
+      grep -E -- "^-A " | grep -E -- "${SUBNET_RE}|${NETNAME}" || true)
     [ -n "$rules" ] || continue
     # the chains jumped to and the chains holding such rules (a DEL cut short leaves a
     # CNI-<hash> chain without its jump), never portmap's shared chains
@@ -132,7 +144,7 @@ clean_iptables() {
 }
 
 cleanup() {
-  local rc=$? pid f m ns
+  local rc=$? pid f m ns kv
   trap - EXIT INT TERM
   set +e
   log "cleaning up"
@@ -186,6 +198,7 @@ cleanup() {
     ip link del "$BRIDGE"
   fi
   [ -n "$SUBNET" ] && clean_iptables
+  for kv in "${SYSCTL_RESTORE[@]}"; do sysctl -qw "$kv"; done
   if [ -n "$TMP" ] && [ -d "$TMP" ]; then
     if [ "$KEEP" = 1 ] || [ "$rc" != 0 ]; then
       # keep the logs of a failed run; the rest goes
@@ -318,17 +331,33 @@ if [ "$VS_CONTAINERD" = 1 ]; then
 fi
 
 log "4. CNI network"
-for x in $(shuf -i 100-250); do
-  s="10.198.$x"
-  b="bbench$x"
-  ip -4 addr show | grep -qF " $s." && continue
-  ip -4 route show | grep -qF "$s." && continue
-  ip link show "$b" >/dev/null 2>&1 && continue
-  SUBNET="$s.0/24"
-  BRIDGE_CANDIDATE=$b
+# A /20 (4094 pod addresses: both runtimes may hold --max-pods pods at once) that no
+# address or route of the host overlaps, and a bridge name not in use.
+for cand in $(python3 - <<'PY'
+import ipaddress, random, subprocess
+used = []
+for cmd in (["ip", "-4", "-o", "addr", "show"], ["ip", "-4", "route", "show", "table", "all"]):
+    for tok in subprocess.run(cmd, capture_output=True, text=True).stdout.split():
+        try:
+            n = ipaddress.ip_network(tok, strict=False)
+        except ValueError:
+            continue
+        if n.prefixlen > 0:
+            used.append(n)
+cands = list(ipaddress.ip_network("10.198.0.0/16").subnets(new_prefix=20))
+random.shuffle(cands)
+print(" ".join(str(c) for c in cands if not any(c.overlaps(u) for u in used)))
+PY
+); do
+  third=$(cut -d. -f3 <<<"$cand")
+  ip link show "bbench$third" >/dev/null 2>&1 && continue
+  SUBNET=$cand
+  BRIDGE_CANDIDATE="bbench$third"
+  # the addresses of the subnet, for the iptables cleanup: 10\.198\.(16|17|...|31)\.
+  SUBNET_RE="10\\.198\\.($(seq -s '|' "$third" $((third + 15))))\\."
   break
 done
-[ -n "$SUBNET" ] || die "no free 10.198.X.0/24 subnet"
+[ -n "$SUBNET" ] || die "no free 10.198.X.0/20 subnet"
 NETNAME="berth-bench-$(basename "$TMP" | cut -d. -f2)"
 mkdir -p "$TMP/cni/net.d" "$TMP/cni/ipam"
 cat >"$TMP/cni/net.d/10-berth-bench.conflist" <<EOF
@@ -357,6 +386,29 @@ BRIDGE=$BRIDGE_CANDIDATE # made by the first pod; deleted by the cleanup from no
 CNI_BIN=/usr/lib/cni
 [ -x "$CNI_BIN/bridge" ] || die "no $CNI_BIN/bridge (containernetworking-plugins)"
 echo "network $NETNAME: bridge $BRIDGE, subnet $SUBNET"
+
+# Host limits that hundreds of pods reach. Measured at 500 pods (README, benchmark
+# section): containerd holds ~10 file descriptors per pod (4800 at 500; Go raises its own
+# soft limit to the hard one), berthd ~20 in all; each runtime's pods and shims are ~12
+# tasks per pod for containerd, ~3 for berth (6000 threads on the host at 500 containerd
+# pods); idle pods make no ARP entries (gc_thresh* is not reached), no runtime uses
+# inotify per pod; containerd's shims take ~14 MB each. So: the soft file limit goes to
+# the hard one for the daemons, kernel.pid_max is raised if it is short (restored on
+# exit), and too little memory is said up front.
+ulimit -n "$(ulimit -Hn)"
+NEED_FDS=$((MAX_PODS * 12 + 4096))
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge "$NEED_FDS" ] ||
+  warn "open files limit $(ulimit -n) < $NEED_FDS: containerd may fail before $MAX_PODS pods (raise the hard limit: ulimit -Hn)"
+NEED_PIDS=$(( (MAX_PODS * (VS_CONTAINERD * 12 + 3) + $(ps -eL --no-headers | wc -l)) * 2 ))
+if [ "$(cat /proc/sys/kernel/pid_max)" -lt "$NEED_PIDS" ]; then
+  SYSCTL_RESTORE+=("kernel.pid_max=$(cat /proc/sys/kernel/pid_max)")
+  sysctl -qw kernel.pid_max="$NEED_PIDS"
+  echo "kernel.pid_max raised to $NEED_PIDS (restored on exit)"
+fi
+NEED_MB=$((MAX_PODS * (VS_CONTAINERD * 16 + 3) + 1024))
+AVAIL_MB=$(awk '/^MemAvailable:/ {print int($2 / 1024)}' /proc/meminfo)
+[ "$AVAIL_MB" -ge "$NEED_MB" ] ||
+  warn "only ${AVAIL_MB} MB available, ~${NEED_MB} MB needed for $MAX_PODS pods per runtime (--max-pods)"
 
 log "5. berthd"
 mkdir -p "$TMP/berth"
@@ -475,7 +527,8 @@ if [ -z "$JSON" ]; then
   JSON="$REPO/target/bench/bench-$(date +%Y%m%d-%H%M%S).json"
 fi
 ARGS=(--endpoint "unix://$TMP/berth/berth.sock" --daemon-pid "$BERTHD_PID"
-      --count "$COUNT" --pods "$PODS" --warmup "$WARMUP" --json "$JSON")
+      --count "$COUNT" --pods "$PODS" --concurrency "$CONCURRENCY" --max-pods "$MAX_PODS"
+      --warmup "$WARMUP" --json "$JSON")
 if [ "$VS_CONTAINERD" = 1 ]; then
   ARGS+=(--vs "unix://$TMP/containerd/containerd.sock" --vs-daemon-pid "$CONTAINERD_PID")
 fi

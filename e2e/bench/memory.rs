@@ -38,13 +38,62 @@ pub struct MemoryState {
     image: Image,
 }
 
+/// One pod's shim and its resident memory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ShimReading {
-    pod_id: String,
-    pid: u32,
-    name: String,
-    rss: u64,
-    pss: Option<u64>,
+pub struct ShimReading {
+    pub pod_id: String,
+    pub pid: u32,
+    pub name: String,
+    pub rss: u64,
+    pub pss: Option<u64>,
+}
+
+/// The daemon of `rt` (`--daemon-pid`, `--vs-daemon-pid` or the owner of its socket) and
+/// how it was found; its memory must be readable.
+pub fn find_daemon(rt: &Runtime, figure: &str) -> Result<(u32, String)> {
+    let (pid, how) = match rt.daemon_pid {
+        Some(pid) => (
+            pid,
+            match rt.role {
+                super::Role::Endpoint => "--daemon-pid".to_string(),
+                super::Role::Vs => "--vs-daemon-pid".to_string(),
+            },
+        ),
+        None => procfs::daemon_by_socket(&super::socket_path(&rt.endpoint)?)?,
+    };
+    procfs::memory(pid).with_context(|| format!("daemon pid {pid}"))?;
+    eprintln!(
+        "{figure:<12} {:<24} daemon: pid {pid} ({}), found by {how}",
+        rt.label,
+        procfs::name(pid)
+    );
+    Ok((pid, how))
+}
+
+/// The shim of each pod and its memory; every pod must have exactly one shim.
+pub fn shim_readings(pods: &[String]) -> Result<Vec<ShimReading>> {
+    let mut readings = Vec::new();
+    for (pod_id, pids) in &procfs::shims_of(pods) {
+        match pids.as_slice() {
+            [pid] => {
+                let m = procfs::memory(*pid)
+                    .with_context(|| format!("shim pid {pid} of pod {pod_id}"))?;
+                readings.push(ShimReading {
+                    pod_id: pod_id.clone(),
+                    pid: *pid,
+                    name: procfs::name(*pid),
+                    rss: m.rss,
+                    pss: m.pss,
+                });
+            }
+            [] => bail!(
+                "no shim process ({}) names pod {pod_id}",
+                procfs::SHIM_NAMES.join(" or ")
+            ),
+            many => bail!("several shim processes name pod {pod_id}: {many:?}"),
+        }
+    }
+    Ok(readings)
 }
 
 /// What one run read; kept in the sample's detail.
@@ -65,7 +114,8 @@ struct Reading {
     shims: Vec<ShimReading>,
 }
 
-async fn count_pods(rt: &mut Runtime) -> Result<usize> {
+/// How many pods the runtime lists (all of them, not only this run's).
+pub async fn count_pods(rt: &mut Runtime) -> Result<usize> {
     Ok(rt
         .runtime
         .list_pod_sandbox(request(
@@ -92,23 +142,7 @@ impl Figure for Memory {
 
     async fn setup(&self, rt: &mut Runtime) -> Result<MemoryState> {
         rt.ops().verify_network_ready().await?;
-        let (pid, how) = match rt.daemon_pid {
-            Some(pid) => (
-                pid,
-                match rt.role {
-                    super::Role::Endpoint => "--daemon-pid".to_string(),
-                    super::Role::Vs => "--vs-daemon-pid".to_string(),
-                },
-            ),
-            None => procfs::daemon_by_socket(&super::socket_path(&rt.endpoint)?)?,
-        };
-        procfs::memory(pid).with_context(|| format!("daemon pid {pid}"))?;
-        eprintln!(
-            "{:<12} {:<24} daemon: pid {pid} ({}), found by {how}",
-            self.name(),
-            rt.label,
-            procfs::name(pid)
-        );
+        let (pid, how) = find_daemon(rt, self.name())?;
         Ok(MemoryState {
             pid,
             how,
@@ -140,28 +174,7 @@ impl Figure for Memory {
 
         let loaded = procfs::memory(st.pid)?;
         let pods_listed_loaded = count_pods(rt).await?;
-        let shims = procfs::shims_of(&pods);
-        let mut readings = Vec::new();
-        for (pod_id, pids) in &shims {
-            match pids.as_slice() {
-                [pid] => {
-                    let m = procfs::memory(*pid)
-                        .with_context(|| format!("shim pid {pid} of pod {pod_id}"))?;
-                    readings.push(ShimReading {
-                        pod_id: pod_id.clone(),
-                        pid: *pid,
-                        name: procfs::name(*pid),
-                        rss: m.rss,
-                        pss: m.pss,
-                    });
-                }
-                [] => bail!(
-                    "no shim process ({}) names pod {pod_id}",
-                    procfs::SHIM_NAMES.join(" or ")
-                ),
-                many => bail!("several shim processes name pod {pod_id}: {many:?}"),
-            }
-        }
+        let readings = shim_readings(&pods)?;
 
         for id in &pods {
             ops.stop_remove_pod(id).await?;

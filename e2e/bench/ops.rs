@@ -543,11 +543,9 @@ impl Ops {
             .into_inner())
     }
 
-    /// Stops and removes every pod of this run on this runtime (of one figure, or all):
-    /// the tracked ones and those listed with this run's and role's labels. Returns how
-    /// many.
-    pub async fn sweep(&mut self, figure: Option<&str>) -> Result<usize> {
-        let mut ids: BTreeSet<String> = self.tracker.pods().into_iter().collect();
+    /// The pods this run made on this runtime (of one figure, or all), as the runtime
+    /// lists them by their labels.
+    pub async fn list_pods(&mut self, figure: Option<&str>) -> Result<Vec<cri::PodSandbox>> {
         let mut selector = HashMap::from([
             (LABEL_RUN.to_string(), run_token().to_string()),
             (LABEL_ROLE.to_string(), self.role.to_string()),
@@ -555,7 +553,7 @@ impl Ops {
         if let Some(f) = figure {
             selector.insert(LABEL_FIGURE.to_string(), f.to_string());
         }
-        let listed = self
+        Ok(self
             .runtime
             .list_pod_sandbox(request(
                 cri::ListPodSandboxRequest {
@@ -566,11 +564,43 @@ impl Ops {
                 },
                 RPC_TIMEOUT,
             ))
-            .await;
+            .await
+            .context("ListPodSandbox")?
+            .into_inner()
+            .items)
+    }
+
+    /// The containers this run made on this runtime, as the runtime lists them by label.
+    pub async fn list_containers(&mut self) -> Result<Vec<cri::Container>> {
+        Ok(self
+            .runtime
+            .list_containers(request(
+                cri::ListContainersRequest {
+                    filter: Some(cri::ContainerFilter {
+                        label_selector: HashMap::from([(
+                            LABEL_RUN.to_string(),
+                            run_token().to_string(),
+                        )]),
+                        ..Default::default()
+                    }),
+                },
+                RPC_TIMEOUT,
+            ))
+            .await
+            .context("ListContainers")?
+            .into_inner()
+            .containers)
+    }
+
+    /// Stops and removes every pod of this run on this runtime (of one figure, or all):
+    /// the tracked ones and those listed with this run's and role's labels. Returns how
+    /// many.
+    pub async fn sweep(&mut self, figure: Option<&str>) -> Result<usize> {
+        let mut ids: BTreeSet<String> = self.tracker.pods().into_iter().collect();
         let mut first_err = None;
-        match listed {
-            Ok(r) => ids.extend(r.into_inner().items.into_iter().map(|p| p.id)),
-            Err(e) => first_err = Some(anyhow::Error::new(e).context("ListPodSandbox (cleanup)")),
+        match self.list_pods(figure).await {
+            Ok(pods) => ids.extend(pods.into_iter().map(|p| p.id)),
+            Err(e) => first_err = Some(e.context("cleanup")),
         }
         let mut n = 0;
         for id in ids {

@@ -185,17 +185,46 @@ impl FullPod {
     }
 }
 
-/// One timed full pod, then verified: (pod, container, ms).
-async fn full_pod(mut ops: super::ops::Ops, image: Image) -> Result<(Pod, String, f64)> {
-    let config = ops.pod_config("full-pod");
+/// A full pod started (not yet verified) and its times in ms: the whole, and its three
+/// RPCs (which one grows, as pods accumulate, says where the time goes).
+pub struct FullPodTimes {
+    pub pod: Pod,
+    pub container: String,
+    pub ms: f64,
+    pub runp_ms: f64,
+    pub create_ms: f64,
+    pub start_ms: f64,
+}
+
+/// One full pod of `figure`, timed: RunPodSandbox + CreateContainer + StartContainer of
+/// busybox `sleep 3600`.
+pub async fn full_pod(
+    mut ops: super::ops::Ops,
+    image: Image,
+    figure: &str,
+) -> Result<FullPodTimes> {
+    let config = ops.pod_config(figure);
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
     let t0 = Instant::now();
     let id = ops.run_pod(&config).await?;
+    let runp_ms = ms(t0);
     let pod = Pod { id, config };
-    let cid = ops
+    let t1 = Instant::now();
+    let container = ops
         .create_container(&pod, "sleep", &image, &["sleep", "3600"])
         .await?;
-    ops.start_container(&cid).await?;
-    Ok((pod, cid, t0.elapsed().as_secs_f64() * 1e3))
+    let create_ms = ms(t1);
+    let t2 = Instant::now();
+    ops.start_container(&container).await?;
+    let start_ms = ms(t2);
+    Ok(FullPodTimes {
+        pod,
+        container,
+        ms: ms(t0),
+        runp_ms,
+        create_ms,
+        start_ms,
+    })
 }
 
 impl Figure for FullPod {
@@ -228,7 +257,8 @@ impl Figure for FullPod {
         }
         st.to_go -= k;
         let t0 = Instant::now();
-        let results = join_all((0..k).map(|_| full_pod(rt.ops(), st.image.clone()))).await;
+        let results =
+            join_all((0..k).map(|_| full_pod(rt.ops(), st.image.clone(), self.name()))).await;
         let batch_ms = t0.elapsed().as_secs_f64() * 1e3;
         let mut done = Vec::new();
         for r in results {
@@ -236,16 +266,19 @@ impl Figure for FullPod {
         }
         let mut ops = rt.ops();
         let mut out = Vec::new();
-        for (pod, cid, ms) in done {
-            let ip = ops.verify_pod_ready(&pod.id, &pod.config).await?;
-            ops.verify_running(&cid).await?;
+        for t in done {
+            let ip = ops.verify_pod_ready(&t.pod.id, &t.pod.config).await?;
+            ops.verify_running(&t.container).await?;
             out.push(Sample {
-                ms,
+                ms: t.ms,
                 bytes: None,
                 detail: json!({
-                    "pod_id": pod.id,
-                    "container_id": cid,
+                    "pod_id": t.pod.id,
+                    "container_id": t.container,
                     "ip": ip,
+                    "runp_ms": t.runp_ms,
+                    "create_ms": t.create_ms,
+                    "start_ms": t.start_ms,
                     "batch": k,
                     "batch_ms": batch_ms,
                 }),
