@@ -107,19 +107,12 @@ pub struct Stdio {
 /// Makes the process's user the owner of its stdio (not /dev/null), as runc does
 /// (`fixStdioPermissions`): a non-root process may then reopen them (`/dev/stdout`,
 /// `/proc/self/fd/N`) and use its terminal as its own. The group stays (a devpts mount
-/// may give its ptys the tty group). `uid` is the container's; with a user namespace it
-/// is mapped to the host's. Best effort, as in runc.
-fn give_stdio(spec: &Spec, uid: u32, stdio: &Stdio) {
-    let host_uid = match spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.uid_mappings().as_ref())
-    {
-        Some(maps) if !maps.is_empty() => maps.iter().find_map(|m| {
-            let offset = uid.checked_sub(m.container_id())?;
-            (offset < m.size()).then(|| m.host_id() + offset)
-        }),
-        _ => Some(uid),
+/// may give its ptys the tty group). `uid` is the container's; in a user namespace
+/// (`uid_map`, its /proc/PID/uid_map) it is mapped to the host's. Best effort, as in runc.
+fn give_stdio(uid_map: Option<&str>, uid: u32, stdio: &Stdio) {
+    let host_uid = match uid_map {
+        Some(map) => host_id(map, uid),
+        None => Some(uid),
     };
     let (Some(host_uid), Ok(null)) = (host_uid, nix::sys::stat::stat("/dev/null")) else {
         return;
@@ -137,6 +130,17 @@ fn give_stdio(spec: &Spec, uid: u32, stdio: &Stdio) {
             None,
         );
     }
+}
+
+/// The host's id of `id` in a user namespace whose /proc/PID/uid_map (or gid_map) is
+/// `map` (`inside outside count` lines); None when it is not mapped.
+fn host_id(map: &str, id: u32) -> Option<u32> {
+    map.lines().find_map(|l| {
+        let mut f = l.split_whitespace().map(|n| n.parse::<u32>().ok());
+        let (inside, outside, count) = (f.next()??, f.next()??, f.next()??);
+        let offset = id.checked_sub(inside)?;
+        (offset < count).then(|| outside + offset)
+    })
 }
 
 /// Starts `args` in container `id` with libcontainer's tenant builder (ExecSync and
@@ -188,7 +192,7 @@ pub fn start_process(
             super::userns_exec::Error::Internal(m) => internal("user namespace", &m),
         });
     }
-    give_stdio(&spec, process.user().uid(), &stdio);
+    give_stdio(None, process.user().uid(), &stdio);
     let process_file = lc_root.join(id).join(format!("berth-exec-{seq}.json"));
     let json = serde_json::to_vec(&process).map_err(|e| internal("process.json", &e))?;
     std::fs::write(&process_file, json).map_err(|e| internal("write process.json", &e))?;
@@ -305,5 +309,20 @@ impl Exec {
             exit_code: self.exit.unwrap_or(-1),
             timed_out: self.timed_out,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_through_a_uid_map() {
+        let map = "         0     100000      65536\n     65536          5          1\n";
+        assert_eq!(host_id(map, 0), Some(100_000));
+        assert_eq!(host_id(map, 1000), Some(101_000));
+        assert_eq!(host_id(map, 65_536), Some(5));
+        assert_eq!(host_id(map, 65_537), None);
+        assert_eq!(host_id("0 0 4294967295\n", 1000), Some(1000));
     }
 }
