@@ -187,6 +187,8 @@ pub fn start_process(
             .ok()
             .and_then(|c| c.pid())
             .ok_or_else(|| Failure::internal(format!("container {id}: no init pid")))?;
+        let uid_map = std::fs::read_to_string(format!("/proc/{init}/uid_map")).ok();
+        give_stdio(uid_map.as_deref(), process.user().uid(), &stdio);
         return super::userns_exec::spawn(init, &spec, &process, stdio, tty).map_err(|e| match e {
             super::userns_exec::Error::Invalid(m) => Failure::invalid(m),
             super::userns_exec::Error::Internal(m) => internal("user namespace", &m),
