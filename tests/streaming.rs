@@ -17,9 +17,13 @@ use berth::streaming::spdy::{self, Frame, FrameDecoder, FrameEncoder};
 use bytes::{Bytes, BytesMut};
 use common::registry::{Registry, testimg};
 use common::{Berthd, TestNetwork, cri, spec};
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tonic::Code;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -343,7 +347,7 @@ struct StreamSeen {
 /// a small initial window, acknowledges what it reads, honours the server's windows, and
 /// fails the test if the server overruns its window.
 struct SpdyClient {
-    wr: tokio::net::tcp::OwnedWriteHalf,
+    wr: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
     enc: FrameEncoder,
     rx: mpsc::UnboundedReceiver<Frame>,
     next_id: u32,
@@ -381,7 +385,18 @@ impl SpdyClient {
         };
         assert_eq!(header("upgrade"), "SPDY/3.1");
         let protocol = header("x-stream-protocol-version");
-        let (mut rd, wr) = sock.into_split();
+        let (rd, wr) = sock.into_split();
+        Self::over(rd, wr, rest, protocol, flow_window).await
+    }
+
+    /// SPDY on an already upgraded byte stream (`rest`: bytes already read from it).
+    async fn over(
+        mut rd: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+        wr: impl tokio::io::AsyncWrite + Unpin + Send + 'static,
+        rest: BytesMut,
+        protocol: String,
+        flow_window: Option<u32>,
+    ) -> SpdyClient {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut dec = FrameDecoder::new();
@@ -399,7 +414,7 @@ impl SpdyClient {
             }
         });
         let mut c = SpdyClient {
-            wr,
+            wr: Box::new(wr),
             enc: FrameEncoder::new(),
             rx,
             next_id: 1,
@@ -617,6 +632,98 @@ fn exec_req(container: &str, cmd: &[&str]) -> cri::ExecRequest {
 
 const V4: &str = "v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io";
 
+/// A WebSocket client offering `protocols` (comma-separated; "" for none); returns the
+/// socket and the subprotocol the server chose.
+async fn ws_connect(url: &str, protocols: &str) -> (WebSocketStream<TcpStream>, String) {
+    let (host, _) = split_url(url);
+    let mut req = url
+        .replacen("http://", "ws://", 1)
+        .into_client_request()
+        .unwrap();
+    if !protocols.is_empty() {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
+    }
+    let tcp = TcpStream::connect(&host).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("WebSocket handshake");
+    let chosen = resp
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (ws, chosen)
+}
+
+/// Channel messages received on a WebSocket, by channel.
+#[derive(Default, Debug)]
+struct WsSeen {
+    data: HashMap<u8, Vec<u8>>,
+    /// Messages as they came: (channel, payload length).
+    messages: Vec<(u8, usize)>,
+    closed: bool,
+}
+
+impl WsSeen {
+    fn text(&self, ch: u8) -> String {
+        String::from_utf8_lossy(self.data.get(&ch).map(Vec::as_slice).unwrap_or_default())
+            .into_owned()
+    }
+}
+
+/// Reads channel messages until `done` holds or the server closes.
+async fn ws_read(
+    ws: &mut WebSocketStream<TcpStream>,
+    seen: &mut WsSeen,
+    done: impl Fn(&WsSeen) -> bool,
+) {
+    while !seen.closed && !done(seen) {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no message within {WAIT:?}: {seen:?}"));
+        match msg {
+            Some(Ok(Message::Binary(b))) => {
+                let (ch, rest) = b.split_first().expect("a channel byte");
+                seen.messages.push((*ch, rest.len()));
+                seen.data.entry(*ch).or_default().extend_from_slice(rest);
+            }
+            Some(Ok(Message::Close(_))) | None => seen.closed = true,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("WebSocket error: {e}"),
+        }
+    }
+}
+
+/// A SPDY client inside a WebSocket's binary messages (client-go's tunnelling).
+async fn spdy_over_websocket(ws: WebSocketStream<TcpStream>, flow: Option<u32>) -> SpdyClient {
+    let (ours, theirs) = tokio::io::duplex(256 * 1024);
+    let (mut sink, mut stream) = ws.split();
+    let (mut rd, mut wr) = tokio::io::split(theirs);
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = stream.next().await {
+            match m {
+                Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Ok(n @ 1..) = rd.read(&mut buf).await {
+            let m = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let (r, w) = tokio::io::split(ours);
+    SpdyClient::over(r, w, BytesMut::new(), String::new(), flow).await
+}
+
 /// PIDs whose command line is exactly `cmd` (NUL-separated words).
 fn pids_running(cmd: &[&str]) -> Vec<i32> {
     let want: Vec<u8> = cmd.iter().flat_map(|w| w.bytes().chain([0])).collect();
@@ -740,9 +847,140 @@ async fn port_forward_into_a_pod() {
     .await;
     drop(c);
 
+    // Over a WebSocket: SPDY tunnelled (client-go's port-forward over WebSocket) ...
+    let url = env.port_forward_url(&pod).await.unwrap();
+    let (ws, proto) = ws_connect(&url, "SPDY/3.1+portforward.k8s.io").await;
+    assert_eq!(proto, "SPDY/3.1+portforward.k8s.io");
+    let mut c = spdy_over_websocket(ws, Some(8 * 1024)).await;
+    let (err, data) = forward_pair(&mut c, 8080, 0).await;
+    let payload = pattern(200 * 1024);
+    c.write(data, &payload, true).await;
+    c.until("the echo and FIN", |c| c.seen(data).fin).await;
+    assert!(c.seen(data).data == payload, "echo differs");
+    c.until("the error stream's FIN", |c| c.seen(err).fin).await;
+    drop(c);
+    // ... and kubelet's channel pairs, one per port of the request: 0/1 for 8080, 2/3 for
+    // port 9 where nothing listens. Each channel starts with its port (little-endian).
+    let url = env
+        .d
+        .runtime()
+        .await
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![8080, 9],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let (mut ws, proto) = ws_connect(&url, "v4.channel.k8s.io").await;
+    assert_eq!(proto, "v4.channel.k8s.io");
+    ws.send(Message::Binary(Bytes::from_static(b"\x00ping\n")))
+        .await
+        .unwrap();
+    let mut seen = WsSeen::default();
+    ws_read(&mut ws, &mut seen, |s| {
+        s.data.get(&0).is_some_and(|d| d.len() >= 7) && s.text(3).contains("refused")
+    })
+    .await;
+    assert_eq!(seen.data[&0], b"\x90\x1fping\n");
+    assert_eq!(&seen.data[&1], &8080u16.to_le_bytes());
+    assert_eq!(&seen.data[&2], &9u16.to_le_bytes());
+    assert!(
+        seen.text(3).contains("error forwarding port 9 to pod"),
+        "{:?}",
+        seen.text(3)
+    );
+    ws.close(None).await.unwrap();
+    ws_read(&mut ws, &mut seen, |_| false).await;
+
     env.remove_pod(&pod).await;
     let err = env.port_forward_url(&pod).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_websocket() {
+    let env = Env::new("wsexec").await;
+    let pc = env.pod_config("wsexec");
+    let pod = env.run_pod(&pc).await;
+    let ctr = env.run(&pod, &pc, &["sleep", "3600"]).await;
+
+    // v5: channel-prefixed messages, the client closing stdin with 255 0, a JSON status.
+    let mut req = exec_req(&ctr, &["sh", "-c", "cat; echo err >&2; exit 2"]);
+    req.stdin = true;
+    let url = env.exec_url(req).await.unwrap();
+    let (mut ws, proto) = ws_connect(&url, "v5.channel.k8s.io, v4.channel.k8s.io").await;
+    assert_eq!(proto, "v5.channel.k8s.io");
+    ws.send(Message::Binary(Bytes::from_static(b"\x00hi\n")))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(Bytes::from_static(&[255, 0])))
+        .await
+        .unwrap();
+    let mut seen = WsSeen::default();
+    ws_read(&mut ws, &mut seen, |_| false).await;
+    // As kubelet: first an empty message on stdout, the first channel the client reads.
+    assert_eq!(seen.messages[0], (1, 0), "{seen:?}");
+    assert_eq!(seen.text(1), "hi\n");
+    assert_eq!(seen.text(2), "err\n");
+    let st: serde_json::Value = serde_json::from_slice(&seen.data[&3]).unwrap();
+    assert_eq!(st["reason"], "NonZeroExitCode", "{st}");
+    assert_eq!(st["details"]["causes"][0]["message"], "2", "{st}");
+
+    // v4 with a terminal: the size from channel 4.
+    let mut req = exec_req(&ctr, &["sh", "-c", "read x; stty size"]);
+    (req.tty, req.stdin, req.stderr) = (true, true, false);
+    let url = env.exec_url(req).await.unwrap();
+    let (mut ws, proto) = ws_connect(&url, "v4.channel.k8s.io").await;
+    assert_eq!(proto, "v4.channel.k8s.io");
+    ws.send(Message::Binary(Bytes::from_static(
+        b"\x04{\"Width\":90,\"Height\":20}",
+    )))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws.send(Message::Binary(Bytes::from_static(b"\x00go\n")))
+        .await
+        .unwrap();
+    let mut seen = WsSeen::default();
+    ws_read(&mut ws, &mut seen, |_| false).await;
+    assert!(seen.text(1).contains("20 90\r\n"), "{:?}", seen.text(1));
+    let st: serde_json::Value = serde_json::from_slice(&seen.data[&3]).unwrap();
+    assert_eq!(st["status"], "Success", "{st}");
+
+    // The original protocol (no subprotocol named): a failure's text only.
+    let url = env
+        .exec_url(exec_req(&ctr, &["sh", "-c", "exit 3"]))
+        .await
+        .unwrap();
+    let (mut ws, proto) = ws_connect(&url, "").await;
+    assert_eq!(proto, "");
+    let mut seen = WsSeen::default();
+    ws_read(&mut ws, &mut seen, |_| false).await;
+    assert!(
+        seen.text(3)
+            .starts_with("command terminated with non-zero exit code"),
+        "{:?}",
+        seen.text(3)
+    );
+
+    // A client that goes away mid-exec leaves no process behind.
+    let marker = ["sleep", "4321.7"];
+    let url = env.exec_url(exec_req(&ctr, &marker)).await.unwrap();
+    let (ws, _) = ws_connect(&url, "v5.channel.k8s.io").await;
+    let deadline = Instant::now() + WAIT;
+    while pids_running(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "the exec never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(ws);
+    let deadline = Instant::now() + WAIT;
+    while !pids_running(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "the exec outlived its client");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.remove_pod(&pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,7 +72,7 @@ impl Cri {
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
         let r = req.into_inner();
         record("pod_id", &r.pod_sandbox_id);
-        let url = self.streaming.port_forward(&r.pod_sandbox_id)?;
+        let url = self.streaming.port_forward(&r.pod_sandbox_id, &r.port)?;
         Ok(Response::new(cri::PortForwardResponse { url }))
     }
 }

@@ -5,7 +5,8 @@
 //! client then connects to `http://ADDR/{exec,attach,portforward}/TOKEN` and upgrades the
 //! HTTP/1.1 connection to SPDY/3.1 (`spdy`, `connection`), the protocol client-go speaks.
 //! Exec and attach sessions are in `remotecommand` (over the process's stdio from
-//! `stdio`), port forwarding in `portforward`.
+//! `stdio`), port forwarding in `portforward`; `websocket` carries either over a
+//! WebSocket instead of SPDY.
 
 pub mod connection;
 pub mod portforward;
@@ -13,6 +14,7 @@ pub mod remotecommand;
 pub mod requests;
 pub mod spdy;
 pub mod stdio;
+pub mod websocket;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -71,7 +73,12 @@ pub trait ChannelOut: Send + Sync {
 #[derive(Debug, Clone)]
 enum Parked {
     Remote(Session),
-    PortForward { pod_id: String, netns: Netns },
+    PortForward {
+        pod_id: String,
+        netns: Netns,
+        /// The ports of the request: a WebSocket client gets a channel pair for each.
+        ports: Vec<u16>,
+    },
 }
 
 impl Parked {
@@ -181,13 +188,23 @@ impl StreamServer {
         self.url(Parked::Remote(Session::Attach(req)))
     }
 
-    /// The URL for forwarding ports of a ready pod.
-    pub fn port_forward(&self, pod_id: &str) -> Result<String, Error> {
+    /// The URL for forwarding ports of a ready pod. `ports` matter to WebSocket clients
+    /// only (SPDY clients name a port per stream).
+    pub fn port_forward(&self, pod_id: &str, ports: &[i32]) -> Result<String, Error> {
         if pod_id.is_empty() {
             return Err(Error::InvalidArgument(
                 "missing required pod_sandbox_id".into(),
             ));
         }
+        let ports = ports
+            .iter()
+            .map(|p| {
+                u16::try_from(*p)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| Error::InvalidArgument(format!("invalid port {p}")))
+            })
+            .collect::<Result<Vec<u16>, Error>>()?;
         let pod = self.inner.sandboxes.get(pod_id)?;
         if pod.state != PodState::Ready {
             return Err(Error::FailedPrecondition(format!(
@@ -205,6 +222,7 @@ impl StreamServer {
         self.url(Parked::PortForward {
             pod_id: pod.id,
             netns,
+            ports,
         })
     }
 
@@ -254,6 +272,9 @@ impl StreamServer {
             Some(p) if p.path() == kind => p,
             _ => return Ok(not_found()),
         };
+        if websocket::is_websocket(&req) {
+            return Ok(self.upgrade_websocket(req, parked));
+        }
         let supported: &[&str] = match parked {
             Parked::Remote(_) => remotecommand::SPDY_PROTOCOLS,
             Parked::PortForward { .. } => &[portforward::PROTOCOL],
@@ -292,7 +313,7 @@ impl StreamServer {
                     remotecommand::serve_spdy(conn, version, session, &self.inner.containers).await;
                     tracing::debug!(container_id = id, "streaming session ended");
                 }
-                Parked::PortForward { pod_id, netns } => {
+                Parked::PortForward { pod_id, netns, .. } => {
                     tracing::info!(pod_id, "port-forward session");
                     portforward::serve_spdy(conn, pod_id.clone(), netns).await;
                     tracing::debug!(pod_id, "port-forward session ended");
@@ -309,6 +330,79 @@ impl StreamServer {
             HeaderValue::from_str(protocol).expect("a protocol name is a header value"),
         );
         Ok(resp)
+    }
+}
+
+impl StreamServer {
+    /// Answers a WebSocket upgrade and runs the session on it once upgraded.
+    fn upgrade_websocket(self, mut req: Request<Incoming>, parked: Parked) -> Response<String> {
+        let supported = match parked {
+            Parked::Remote(_) => websocket::REMOTECOMMAND_PROTOCOLS,
+            Parked::PortForward { .. } => websocket::PORTFORWARD_PROTOCOLS,
+        };
+        let (resp, protocol) = match websocket::handshake(&req, supported) {
+            Ok(r) => r,
+            Err(resp) => return *resp,
+        };
+        // Without ports in the request, the URL's (`?port=80&port=8080`), as kubelet.
+        let query_ports: Vec<u16> = req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|kv| kv.strip_prefix("port="))
+            .flat_map(|v| v.split(','))
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| *p > 0)
+            .collect();
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let io = match upgrade.await {
+                Ok(u) => TokioIo::new(u),
+                Err(e) => {
+                    tracing::debug!(error = %e, "streaming: upgrade failed");
+                    return;
+                }
+            };
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                io,
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            match parked {
+                Parked::Remote(session) => {
+                    let id = session.container_id().to_string();
+                    tracing::info!(
+                        container_id = id,
+                        protocol,
+                        "{} session (WebSocket)",
+                        kind_name(&session)
+                    );
+                    websocket::serve_remotecommand(ws, &protocol, session, &self.inner.containers)
+                        .await;
+                    tracing::debug!(container_id = id, "streaming session ended");
+                }
+                Parked::PortForward {
+                    pod_id,
+                    netns,
+                    mut ports,
+                } => {
+                    tracing::info!(pod_id, protocol, "port-forward session (WebSocket)");
+                    if protocol == websocket::TUNNEL_PROTOCOL {
+                        websocket::serve_portforward_tunnel(ws, pod_id.clone(), netns).await;
+                    } else {
+                        if ports.is_empty() {
+                            ports = query_ports;
+                        }
+                        websocket::serve_portforward_channels(ws, ports, pod_id.clone(), netns)
+                            .await;
+                    }
+                    tracing::debug!(pod_id, "port-forward session ended");
+                }
+            }
+        });
+        resp
     }
 }
 
