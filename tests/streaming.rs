@@ -1154,7 +1154,7 @@ async fn exec_over_spdy() {
     // A terminal: one output stream, the size the client sends, the process's exit code.
     let mut req = exec_req(
         &ctr,
-        &["sh", "-c", "read x; stty size; echo tty=$TERM; exit 4"],
+        &["sh", "-c", "read x; stty size; tty; echo tty=$TERM; exit 4"],
     );
     req.tty = true;
     req.stdin = true;
@@ -1171,6 +1171,8 @@ async fn exec_over_spdy() {
     let out = String::from_utf8_lossy(&c.seen(s["stdout"]).data).into_owned();
     assert!(out.contains("33 77\r\n"), "{out:?}");
     assert!(out.contains("tty=xterm\r\n"), "{out:?}");
+    // The terminal is the container's own: it has a name there.
+    assert!(out.contains("/dev/pts/"), "{out:?}");
     let st = status_of(&c, s["error"]);
     assert_eq!(st["details"]["causes"][0]["message"], "4", "{st}");
 

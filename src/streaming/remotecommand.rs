@@ -2,9 +2,10 @@
 //! stdout, stderr, error and resize channels joined to a process's stdio, then the
 //! outcome on the error channel.
 //!
-//! berthd makes the stdio itself (pipes, or with a tty a pseudo-terminal whose master it
-//! keeps) and gives the process's ends to the container service; it copies between those
-//! fds and the channels. The protocol version decides what goes on the error channel:
+//! berthd makes the stdio itself (pipes; with a tty, a pseudo-terminal that the shim opens
+//! in the container's own /dev/pts) and gives the process's ends to the container
+//! service, keeping its own ends (the pipes' other ends, the pty master) to copy between
+//! them and the channels. The protocol version decides what goes on the error channel:
 //! v4 and v5 a JSON `Status` (with the exit code), older ones only a failure's text.
 
 use std::future::Future;
@@ -307,10 +308,29 @@ pub async fn exec<I, O>(
     let mut tasks = Tasks(Vec::new());
     let mut io = ProcessIo::default();
     let mut outputs: Vec<(Arc<AsyncFdIo>, Option<&O>)> = Vec::new();
+    // A terminal is made in the container's own /dev/pts, where its slave has a name.
+    let pty = match req.tty {
+        true => match containers.open_pty(&req.container_id).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let outcome =
+                    Outcome::Internal(format!("error executing command in container: {e}"));
+                finish(
+                    [stdout.as_ref(), stderr.as_ref()],
+                    error.as_ref(),
+                    outcome,
+                    version,
+                )
+                .await;
+                return;
+            }
+        },
+        false => None,
+    };
     let setup = (|| -> std::io::Result<()> {
-        if req.tty {
-            let (master, slave) = stdio::pty()?;
-            io.stdin = Some(slave);
+        if let Some(pty) = pty {
+            io.stdin = Some(pty.slave);
+            let master = pty.master;
             let master = Arc::new(AsyncFdIo::new(master)?);
             if let Some(i) = stdin {
                 tasks.0.push(tokio::spawn(copy_in(i, master.clone())));
@@ -676,7 +696,7 @@ mod tests {
 
     #[tokio::test]
     async fn resize_messages_split_anywhere_are_applied() {
-        let (m, s) = stdio::pty().unwrap();
+        let (m, s) = stdio::tests::pty().unwrap();
         let m = Arc::new(AsyncFdIo::new(m).unwrap());
         let msgs = "{\"Width\":100,\"Height\":30}\n{\"Width\":0,\"Height\":0}\n{\"Wid";
         let rest = "th\":132,\"Height\":43}\n";

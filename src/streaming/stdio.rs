@@ -1,35 +1,18 @@
-//! berthd's ends of an exec'd or attached process's stdio: pipes and pseudo-terminals as
-//! non-blocking fds driven by tokio, and terminal resizing. The process's own ends go to
+//! berthd's ends of an exec'd or attached process's stdio: pipes and pseudo-terminal
+//! masters as non-blocking fds driven by tokio, and terminal resizing. The process's own ends go to
 //! the shim as they are (blocking), so data flows between the process and berthd only.
 //! A syscall module: registering an fd with tokio's reactor is `unsafe`.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
-use rustix::fs::{Mode, OFlags};
-use rustix::pty::OpenptFlags;
+use rustix::fs::OFlags;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 /// A pipe: (read end, write end), both close-on-exec.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
-}
-
-/// A new pseudo-terminal: (master, slave), both close-on-exec, the slave not our
-/// controlling terminal.
-pub fn pty() -> io::Result<(OwnedFd, OwnedFd)> {
-    let master =
-        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
-    rustix::pty::grantpt(&master)?;
-    rustix::pty::unlockpt(&master)?;
-    let name = rustix::pty::ptsname(&master, Vec::new())?;
-    let slave = rustix::fs::open(
-        name.as_c_str(),
-        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    Ok((master, slave))
 }
 
 /// Sets the terminal size on a pty master (or any fd of the terminal).
@@ -106,8 +89,26 @@ impl AsyncFdIo {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::OpenptFlags;
+
+    /// A new pseudo-terminal: (master, slave), both close-on-exec, the slave not our
+    /// controlling terminal.
+    pub(crate) fn pty() -> io::Result<(OwnedFd, OwnedFd)> {
+        let master =
+            rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+        rustix::pty::grantpt(&master)?;
+        rustix::pty::unlockpt(&master)?;
+        let name = rustix::pty::ptsname(&master, Vec::new())?;
+        let slave = rustix::fs::open(
+            name.as_c_str(),
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok((master, slave))
+    }
 
     #[tokio::test]
     async fn pipe_ends_carry_data_and_eof() {
