@@ -11,8 +11,9 @@
 //! The spec is shaped for libcontainer 0.7, whose reading differs from runc's in three
 //! places (each checked by running busybox through libcontainer on this VM): seccomp
 //! `SCMP_CMP_MASKED_EQ` operands are swapped (`seccomp::swap_masked_eq_operands`),
-//! `noNewPrivileges: false` is written as absent, and the v1 cgroup hierarchies are listed
-//! as read-only paths because libcontainer binds them read-write.
+//! `noNewPrivileges: false` is written as absent, and on cgroup v1 no `cgroup` mount is
+//! handed over: its emulation of one reads the wrong process's cgroups in a shared PID
+//! namespace, so the spec carries runc's emulation itself (`cgroup_mounts`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -409,10 +410,14 @@ fn mount(dst: &str, typ: &str, src: &str, options: &[&str]) -> Result<Mount, Spe
         .map_err(internal)
 }
 
-/// containerd's default mounts without `/run`, plus the read-only cgroup mount.
-fn default_mounts(privileged: bool) -> Result<Vec<Mount>, SpecError> {
-    let sys_mode = if privileged { "rw" } else { "ro" };
-    Ok(vec![
+/// containerd's default mounts without `/run`, plus the cgroup mounts (`cgroup_mounts`).
+fn default_mounts(input: &SpecInput) -> Result<Vec<Mount>, SpecError> {
+    let sys_mode = if input.config.security.privileged {
+        "rw"
+    } else {
+        "ro"
+    };
+    let mut out = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
             "/dev",
@@ -451,13 +456,102 @@ fn default_mounts(privileged: bool) -> Result<Vec<Mount>, SpecError> {
             "sysfs",
             &["nosuid", "noexec", "nodev", sys_mode],
         )?,
-        mount(
+    ];
+    out.extend(cgroup_mounts(input, sys_mode)?);
+    Ok(out)
+}
+
+/// The v1 controllers whose hierarchies libcontainer 0.7's cgroup manager puts a container
+/// in (libcgroups' private `v1::controller_type::CONTROLLERS`).
+const LIBCONTAINER_V1_CONTROLLERS: [&str; 12] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "hugetlb",
+    "memory",
+    "pids",
+    "perf_event",
+    "blkio",
+    "net_prio",
+    "net_cls",
+    "freezer",
+];
+
+/// Whether libcontainer 0.7 makes the container a cgroup of its own in the v1 hierarchy
+/// mounted at `/sys/fs/cgroup/<dir>`. libcgroups finds a controller's hierarchy by the
+/// mount point's name: the controller's own, or the comounts `cpu,cpuacct`,
+/// `net_cls,net_prio` and `net_prio,net_cls`. Named hierarchies (`systemd`) and
+/// controllers it does not manage (`rdma`, `misc`) get none: there the container stays in
+/// the shim's cgroup.
+fn libcontainer_v1_hierarchy(dir: &str) -> bool {
+    LIBCONTAINER_V1_CONTROLLERS.contains(&dir)
+        || matches!(dir, "cpu,cpuacct" | "net_cls,net_prio" | "net_prio,net_cls")
+}
+
+/// The cgroup filesystem at `/sys/fs/cgroup`, `mode` (`ro`, or `rw` for privileged
+/// containers).
+///
+/// cgroup v2: the `cgroup` mount as containerd writes it (libcontainer mounts cgroup2
+/// there; its PID namespace bug is in the v1 path only).
+///
+/// cgroup v1: runc's emulation, written out here because libcontainer 0.7's
+/// (`mount_cgroup_v1`) breaks in a shared PID namespace. It takes "the parent's" cgroups
+/// from the host's `/proc/<pid>/cgroup`, where pid is the init's own pid when its parent
+/// is outside its PID namespace — a pid of the pod's namespace looked up in the host's
+/// procfs: the create fails ("failed to prepare rootfs") when no host process has that
+/// pid, and an unrelated host process's cgroup is stripped from the container's paths
+/// when one does. So, as runc: a tmpfs, and in it, for each hierarchy where libcontainer
+/// creates the container's cgroup, a bind of that cgroup (made by libcontainer's
+/// intermediate process, which joins it before it forks the init that mounts). The
+/// cgroup path is libcontainer's (`cgroups_path`, its default when empty), joined under
+/// each mount point as libcgroups' v1 manager joins it, for either cgroup driver (berth
+/// always runs libcontainer's cgroupfs manager on v1). Hierarchies where the container has
+/// no cgroup of its own are left out rather than showing the shim's cgroup, which holds
+/// the shim, its other containers and, under systemd, berthd and every other pod. No
+/// comount symlinks (`cpu` -> `cpu,cpuacct`): OCI mounts cannot make symlinks. The tmpfs
+/// stays writable until the binds' mount points are made in it (`cgroup_v1_readonly_paths`).
+fn cgroup_mounts(input: &SpecInput, mode: &str) -> Result<Vec<Mount>, SpecError> {
+    if input.host.cgroup_v2 {
+        return Ok(vec![mount(
             "/sys/fs/cgroup",
             "cgroup",
             "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", sys_mode],
-        )?,
-    ])
+            &["nosuid", "noexec", "nodev", "relatime", mode],
+        )?]);
+    }
+    let mut out = vec![mount(
+        "/sys/fs/cgroup",
+        "tmpfs",
+        "tmpfs",
+        &["nosuid", "noexec", "nodev", "mode=755"],
+    )?];
+    let cgroup = libcontainer::utils::get_cgroup_path(&cgroups_path(input), input.id);
+    let cgroup = cgroup.strip_prefix("/").unwrap_or(&cgroup);
+    for dir in input
+        .host
+        .cgroup_v1_hierarchies
+        .iter()
+        .filter(|d| libcontainer_v1_hierarchy(d))
+    {
+        let dst = format!("/sys/fs/cgroup/{dir}");
+        let src = Path::new(&dst).join(cgroup);
+        out.push(
+            MountBuilder::default()
+                .destination(dst)
+                .typ("bind")
+                .source(src)
+                .options(strings(&["rbind", "nosuid", "noexec", "nodev", mode]))
+                .build()
+                .map_err(internal)?,
+        );
+    }
+    Ok(out)
+}
+
+/// `linux.cgroupsPath`: the caller's, none when empty.
+fn cgroups_path(input: &SpecInput) -> Option<PathBuf> {
+    (!input.cgroups_path.is_empty()).then(|| PathBuf::from(&input.cgroups_path))
 }
 
 /// A bind mount as containerd's `WithMounts` turns a CRI mount into one.
@@ -583,12 +677,15 @@ fn mounts(input: &SpecInput) -> Result<(Vec<Mount>, Option<String>), SpecError> 
 
     let targets: HashSet<&Path> = binds.iter().map(|b| b.container_path.as_path()).collect();
     let dev_mounted = targets.contains(Path::new("/dev"));
-    let mut out: Vec<Mount> = default_mounts(config.security.privileged)?
+    // A CRI mount at /sys/fs/cgroup replaces the whole (emulated) cgroup mount.
+    let cgroup_mounted = targets.contains(Path::new("/sys/fs/cgroup"));
+    let mut out: Vec<Mount> = default_mounts(input)?
         .into_iter()
         .filter(|m| {
             let dst = m.destination().as_path();
             let under_dev = dev_mounted && dst.starts_with("/dev");
-            !(targets.contains(dst) || under_dev)
+            let under_cgroup = cgroup_mounted && dst.starts_with("/sys/fs/cgroup");
+            !(targets.contains(dst) || under_dev || under_cgroup)
         })
         .collect();
 
@@ -925,27 +1022,19 @@ fn annotations(input: &SpecInput) -> HashMap<String, String> {
     a
 }
 
-/// libcontainer 0.7 emulates the read-only v1 cgroup mount with a tmpfs and `rw` binds of
-/// the container's own cgroup in each hierarchy (and of the host's whole `name=systemd`
-/// tree), ignoring the mount's `ro`: the container could raise its own limits. Listing
-/// the tmpfs and each hierarchy as read-only paths makes libcontainer remount them `ro`
-/// (its read-only path remount is not recursive, hence one entry per hierarchy).
+/// The emulated v1 cgroup tmpfs (`cgroup_mounts`) is mounted writable, since the binds'
+/// mount points are made in it; listed as a read-only path, libcontainer remounts it `ro`
+/// after all mounts (a recursive bind onto itself, then a remount of the top only: the
+/// binds keep their own `ro`). Nothing for privileged containers, v2, or when a CRI mount
+/// replaced it.
 fn cgroup_v1_readonly_paths(input: &SpecInput, mounts: &[Mount]) -> Vec<String> {
     let kept = mounts.iter().any(|m| {
-        m.typ().as_deref() == Some("cgroup") && m.destination() == Path::new("/sys/fs/cgroup")
+        m.typ().as_deref() == Some("tmpfs") && m.destination() == Path::new("/sys/fs/cgroup")
     });
     if input.config.security.privileged || input.host.cgroup_v2 || !kept {
         return Vec::new();
     }
-    std::iter::once("/sys/fs/cgroup".to_string())
-        .chain(
-            input
-                .host
-                .cgroup_v1_hierarchies
-                .iter()
-                .map(|h| format!("/sys/fs/cgroup/{h}")),
-        )
-        .collect()
+    vec!["/sys/fs/cgroup".to_string()]
 }
 
 /// The container's OCI runtime spec. See the module doc for what the caller supplies.
@@ -1052,9 +1141,7 @@ pub fn generate(input: &SpecInput) -> Result<Spec, SpecError> {
     linux.set_namespaces(Some(namespaces(input)?));
     linux.set_resources(Some(resources));
     linux.set_devices((!devices.is_empty()).then_some(devices));
-    linux.set_cgroups_path(
-        (!input.cgroups_path.is_empty()).then(|| input.cgroups_path.clone().into()),
-    );
+    linux.set_cgroups_path(cgroups_path(input));
     linux.set_rootfs_propagation(rootfs_propagation);
     linux.set_seccomp(seccomp);
     linux.set_sysctl(None);
@@ -1126,6 +1213,7 @@ mod tests {
         cdi: Injection,
         target_pid_ns: Option<PathBuf>,
         image_volumes_dir: Option<PathBuf>,
+        cgroups_path: String,
     }
 
     impl Fixture {
@@ -1177,6 +1265,7 @@ mod tests {
                 cdi: Injection::default(),
                 target_pid_ns: None,
                 image_volumes_dir: None,
+                cgroups_path: "/kubepods/pod1/c1".into(),
             }
         }
 
@@ -1187,7 +1276,7 @@ mod tests {
                 image: &self.image,
                 pod: &self.pod,
                 rootfs: Path::new("/var/lib/berth/containers/c1/rootfs"),
-                cgroups_path: "/kubepods/pod1/c1".into(),
+                cgroups_path: self.cgroups_path.clone(),
                 passwd: self.passwd.as_deref(),
                 group: self.group.as_deref(),
                 seccomp_localhost: self.seccomp_localhost.as_deref(),
@@ -1421,6 +1510,7 @@ mod tests {
                 "/dev/mqueue",
                 "/sys",
                 "/sys/fs/cgroup",
+                "/sys/fs/cgroup/memory",
                 "/etc/hostname",
                 "/etc/hosts",
                 "/etc/resolv.conf",
@@ -1429,7 +1519,7 @@ mod tests {
         );
         assert!(find_mount(&s, "/run").is_none());
         assert_eq!(opts(&s, "/sys"), sv(&["nosuid", "noexec", "nodev", "ro"]));
-        assert!(opts(&s, "/sys/fs/cgroup").contains(&"ro".to_string()));
+        assert!(opts(&s, "/sys/fs/cgroup/memory").contains(&"ro".to_string()));
         assert_eq!(opts(&s, "/etc/hosts"), sv(&["rbind", "rprivate", "rw"]));
         let shm = find_mount(&s, "/dev/shm").unwrap();
         assert_eq!(shm.typ().as_deref(), Some("bind"));
@@ -1716,7 +1806,7 @@ mod tests {
         assert!(linux(&s).masked_paths().is_none());
         assert!(linux(&s).readonly_paths().is_none());
         assert!(opts(&s, "/sys").contains(&"rw".to_string()));
-        assert!(opts(&s, "/sys/fs/cgroup").contains(&"rw".to_string()));
+        assert!(opts(&s, "/sys/fs/cgroup/memory").contains(&"rw".to_string()));
         let devs = linux(&s).devices().clone().unwrap();
         assert_eq!(devs[0].path(), Path::new("/dev/fuse"));
         let rules = linux(&s)
@@ -1855,15 +1945,11 @@ mod tests {
 
     #[test]
     fn masked_and_readonly_paths_are_the_configs() {
-        let cgroup = sv(&[
-            "/sys/fs/cgroup",
-            "/sys/fs/cgroup/memory",
-            "/sys/fs/cgroup/systemd",
-        ]);
+        let cgroup = sv(&["/sys/fs/cgroup"]);
         let mut f = Fixture::new();
         let s = f.ok();
         assert!(linux(&s).masked_paths().is_none());
-        // Nothing of /proc unless asked; the v1 cgroup hierarchies always (see below).
+        // Nothing of /proc unless asked; the v1 cgroup tmpfs always (see below).
         assert_eq!(linux(&s).readonly_paths().clone().unwrap(), cgroup);
         f.config.security.masked_paths = sv(&["/proc/kcore", "/sys/firmware"]);
         f.config.security.readonly_paths = sv(&["/proc/sys"]);
@@ -1877,22 +1963,182 @@ mod tests {
         assert_eq!(linux(&s).readonly_paths().clone().unwrap(), expected);
     }
 
-    /// libcontainer binds each v1 hierarchy `rw` whatever the cgroup mount says: the
-    /// generator lists them read-only, except where there is nothing to protect.
+    /// The cgroup mounts under `/sys/fs/cgroup`: (destination, type, source, options).
+    fn cgroup_mounts_of(s: &Spec) -> Vec<(String, String, String, Vec<String>)> {
+        s.mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.destination().starts_with("/sys/fs/cgroup"))
+            .map(|m| {
+                (
+                    m.destination().display().to_string(),
+                    m.typ().clone().unwrap_or_default(),
+                    m.source()
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    m.options().clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    fn v1_fixture() -> Fixture {
+        let mut f = Fixture::new();
+        f.host.cgroup_v1_hierarchies = sv(&[
+            "cpu,cpuacct",
+            "cpuset",
+            "memory",
+            "net_cls,net_prio",
+            "systemd",
+            "rdma",
+            "pids",
+            "misc",
+        ]);
+        f
+    }
+
+    /// cgroup v1: no `cgroup` mount reaches libcontainer (its emulation reads the host's
+    /// `/proc/<pid in the pod's PID namespace>/cgroup`); a tmpfs and read-only binds of
+    /// the container's own cgroup in each hierarchy libcontainer creates it in instead.
     #[test]
-    fn cgroup_v1_hierarchies_are_read_only() {
-        let ro = |f: &Fixture| linux(&f.ok()).readonly_paths().clone().unwrap_or_default();
-        let mut f = Fixture::new();
-        assert!(ro(&f).contains(&"/sys/fs/cgroup/systemd".to_string()));
-        f.host.cgroup_v2 = true;
-        assert!(ro(&f).is_empty());
-        let mut f = Fixture::new();
-        f.config.mounts = vec![cri_mount("/sys/fs/cgroup", "/host/cg")];
-        assert!(ro(&f).is_empty());
-        let mut f = Fixture::new();
+    fn cgroup_v1_is_emulated_with_binds_of_the_containers_cgroups() {
+        let f = v1_fixture();
+        let s = f.ok();
+        let ro = sv(&["rbind", "nosuid", "noexec", "nodev", "ro"]);
+        let bind = |dir: &str| {
+            (
+                format!("/sys/fs/cgroup/{dir}"),
+                "bind".to_string(),
+                format!("/sys/fs/cgroup/{dir}/kubepods/pod1/c1"),
+                ro.clone(),
+            )
+        };
+        assert_eq!(
+            cgroup_mounts_of(&s),
+            vec![
+                (
+                    "/sys/fs/cgroup".to_string(),
+                    "tmpfs".to_string(),
+                    "tmpfs".to_string(),
+                    sv(&["nosuid", "noexec", "nodev", "mode=755"]),
+                ),
+                bind("cpu,cpuacct"),
+                bind("cpuset"),
+                bind("memory"),
+                bind("net_cls,net_prio"),
+                bind("pids"),
+            ]
+        );
+        assert!(
+            s.mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|m| m.typ().as_deref() != Some("cgroup"))
+        );
+        // No cgroup namespace on v1, and the cgroups path libcontainer uses is the same.
+        assert!(ns(&s).iter().all(|(t, _)| *t != LinuxNamespaceType::Cgroup));
+        assert_eq!(
+            linux(&s).cgroups_path().as_deref(),
+            Some(Path::new("/kubepods/pod1/c1"))
+        );
+        // The tmpfs is made read-only after the binds are in it; the binds are `ro`.
+        assert_eq!(
+            linux(&s).readonly_paths().clone().unwrap(),
+            sv(&["/sys/fs/cgroup"])
+        );
+
+        // The systemd driver's path is a plain path to libcontainer's v1 manager too.
+        let mut f = v1_fixture();
+        let scope = "kubepods-besteffort-pod1.slice/berth-c1.scope";
+        f.cgroups_path = format!("/kubepods.slice/kubepods-besteffort.slice/{scope}");
+        assert!(cgroup_mounts_of(&f.ok()).contains(&(
+            "/sys/fs/cgroup/memory".to_string(),
+            "bind".to_string(),
+            format!("/sys/fs/cgroup/memory/kubepods.slice/kubepods-besteffort.slice/{scope}"),
+            ro.clone(),
+        )));
+        // No path: libcontainer's default.
+        f.cgroups_path = String::new();
+        let s = f.ok();
+        assert!(linux(&s).cgroups_path().is_none());
+        assert_eq!(
+            find_mount(&s, "/sys/fs/cgroup/pids")
+                .unwrap()
+                .source()
+                .as_deref(),
+            Some(Path::new("/sys/fs/cgroup/pids/:youki:c1"))
+        );
+    }
+
+    /// containerd gives privileged containers the cgroup mount read-write.
+    #[test]
+    fn cgroup_v1_binds_are_writable_for_privileged_containers() {
+        let mut f = v1_fixture();
         f.config.security.privileged = true;
         f.pod.privileged = true;
-        assert!(ro(&f).is_empty());
+        let s = f.ok();
+        let m = cgroup_mounts_of(&s);
+        assert_eq!(m.len(), 6, "{m:?}");
+        assert_eq!(m[0].3, sv(&["nosuid", "noexec", "nodev", "mode=755"]));
+        for (dst, typ, _, opts) in &m[1..] {
+            assert_eq!(typ, "bind", "{dst}");
+            assert_eq!(opts, &sv(&["rbind", "nosuid", "noexec", "nodev", "rw"]));
+        }
+        assert!(linux(&s).readonly_paths().is_none());
+    }
+
+    /// A CRI mount at /sys/fs/cgroup replaces the whole emulation; one at a hierarchy
+    /// replaces that bind only.
+    #[test]
+    fn cri_mounts_replace_cgroup_mounts() {
+        let mut f = v1_fixture();
+        f.config.mounts = vec![cri_mount("/sys/fs/cgroup", "/host/cg")];
+        let s = f.ok();
+        let m = cgroup_mounts_of(&s);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].2, "/host/cg");
+        assert!(linux(&s).readonly_paths().is_none());
+
+        f.config.mounts = vec![cri_mount("/sys/fs/cgroup/memory", "/host/mem")];
+        let s = f.ok();
+        let memory: Vec<_> = cgroup_mounts_of(&s)
+            .into_iter()
+            .filter(|m| m.0 == "/sys/fs/cgroup/memory")
+            .collect();
+        assert_eq!(memory.len(), 1, "{memory:?}");
+        assert_eq!(memory[0].2, "/host/mem");
+        assert_eq!(
+            linux(&s).readonly_paths().clone().unwrap(),
+            sv(&["/sys/fs/cgroup"])
+        );
+    }
+
+    /// cgroup v2 keeps the one `cgroup` mount (libcontainer mounts cgroup2 in the
+    /// container's cgroup namespace), `ro` unless privileged, with no read-only paths.
+    #[test]
+    fn cgroup_v2_keeps_the_cgroup_mount() {
+        let mut f = v1_fixture();
+        f.host.cgroup_v2 = true;
+        f.host.cgroup_v1_hierarchies = Vec::new();
+        let s = f.ok();
+        assert_eq!(
+            cgroup_mounts_of(&s),
+            vec![(
+                "/sys/fs/cgroup".to_string(),
+                "cgroup".to_string(),
+                "cgroup".to_string(),
+                sv(&["nosuid", "noexec", "nodev", "relatime", "ro"]),
+            )]
+        );
+        assert!(linux(&s).readonly_paths().is_none());
+        f.config.security.privileged = true;
+        f.pod.privileged = true;
+        let m = cgroup_mounts_of(&f.ok());
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].3, sv(&["nosuid", "noexec", "nodev", "relatime", "rw"]));
     }
 
     #[test]
