@@ -39,6 +39,9 @@ use requests::RequestCache;
 /// How long a client may take to open the streams a session needs (kubelet's default).
 pub const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
 pub const HEADER_PROTOCOL_VERSION: &str = "x-stream-protocol-version";
 pub const HEADER_ACCEPTED_PROTOCOL_VERSIONS: &str = "x-accepted-stream-protocol-versions";
 
@@ -238,6 +241,15 @@ impl StreamServer {
                 }
             };
             let _ = sock.set_nodelay(true);
+            // A client whose host vanished is noticed in about a minute: its session (and
+            // an exec's process) ends instead of waiting for ever.
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(KEEPALIVE_IDLE)
+                .with_interval(KEEPALIVE_INTERVAL)
+                .with_retries(3);
+            if let Err(e) = socket2::SockRef::from(&sock).set_tcp_keepalive(&keepalive) {
+                tracing::debug!(error = %e, "streaming server: cannot set TCP keepalive");
+            }
             let server = self.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| server.clone().handle(req));
