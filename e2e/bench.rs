@@ -23,7 +23,8 @@
 //! - `runp`: RunPodSandbox on the CNI network; `stop-remove`: StopPodSandbox +
 //!   RemovePodSandbox (`bench/pods.rs`);
 //! - `create-start`: CreateContainer + StartContainer of busybox `sleep 3600`; `exec`:
-//!   ExecSync `true` (`bench/containers.rs`);
+//!   ExecSync `true` (`bench/containers.rs`); `exec-ttfb`: Exec `echo x` to its first
+//!   stdout byte over SPDY/3.1, as kubectl exec waits for it (`bench/exec_ttfb.rs`);
 //! - `full-pod`: sandbox + one running container over `--pods` pods kept running,
 //!   sequentially and, with `--concurrency C` > 1, C at a time (`bench/pods.rs`);
 //! - `density` (last: it churns through hundreds of pods): full pods one after another up
@@ -54,6 +55,8 @@ use cri::runtime_service_client::RuntimeServiceClient;
 mod containers;
 #[path = "bench/density.rs"]
 mod density;
+#[path = "bench/exec_ttfb.rs"]
+mod exec_ttfb;
 #[path = "bench/memory.rs"]
 mod memory;
 #[path = "bench/ops.rs"]
@@ -141,6 +144,8 @@ enum FigureName {
     CreateStart,
     /// ExecSync `true` in a running container (ms)
     Exec,
+    /// Exec `echo x` over SPDY/3.1: RPC + connect + upgrade + first stdout byte (ms)
+    ExecTtfb,
     /// Sandbox + one running container, --pods pods, sequential and --concurrency (ms)
     FullPod,
     /// Full pods up to --max-pods: latency, daemon and shims' RSS at 100, 250, 500 pods
@@ -155,6 +160,7 @@ impl FigureName {
             FigureName::Memory
                 | FigureName::CreateStart
                 | FigureName::Exec
+                | FigureName::ExecTtfb
                 | FigureName::FullPod
                 | FigureName::Density
         )
@@ -513,6 +519,7 @@ async fn figures(
         FigureName::StopRemove,
         FigureName::CreateStart,
         FigureName::Exec,
+        FigureName::ExecTtfb,
         FigureName::FullPod,
         FigureName::Density,
     ];
@@ -552,6 +559,7 @@ async fn figures(
                 reports.push(measure(&containers::CreateStart, rts, w, c).await?)
             }
             FigureName::Exec => reports.push(measure(&containers::Exec, rts, w, c).await?),
+            FigureName::ExecTtfb => reports.push(measure(&exec_ttfb::ExecTtfb, rts, w, c).await?),
             FigureName::FullPod => {
                 let mut conc = vec![1];
                 if cli.concurrency > 1 {

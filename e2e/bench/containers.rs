@@ -12,7 +12,7 @@ use super::report::{self, FigureReport};
 use super::{Figure, Runs, Runtime, Sample, targets};
 
 /// A pod on the CNI network, verified Ready; swept if anything after its creation fails.
-async fn ready_pod(ops: &mut Ops, figure: &str) -> Result<Pod> {
+pub async fn ready_pod(ops: &mut Ops, figure: &str) -> Result<Pod> {
     ops.verify_network_ready().await?;
     let config = ops.pod_config(figure);
     let id = ops.run_pod(&config).await?;
@@ -22,7 +22,7 @@ async fn ready_pod(ops: &mut Ops, figure: &str) -> Result<Pod> {
 
 /// Passes `r` through; on error, first removes the figure's pods (a setup that fails gets
 /// no teardown).
-async fn or_sweep<T>(ops: &mut Ops, figure: &str, r: Result<T>) -> Result<T> {
+pub async fn or_sweep<T>(ops: &mut Ops, figure: &str, r: Result<T>) -> Result<T> {
     if r.is_err()
         && let Err(e) = ops.sweep(Some(figure)).await
     {
