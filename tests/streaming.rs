@@ -1,7 +1,8 @@
 //! The streaming server (Exec, Attach, PortForward) with the real berthd, real pods and
 //! containers: a SPDY/3.1 client built on berth's own codec (`berth::streaming::spdy`)
 //! drives it as client-go would, and checks what the server must do beyond what client-go
-//! notices (flow control windows, stream replies before data, GOAWAY).
+//! notices (flow control windows, stream replies before data, GOAWAY); a WebSocket client
+//! (tungstenite) drives the channel protocols and SPDY tunnelled in WebSocket messages.
 //!
 //! Every test runs its own registry, network and berthd, puts its pods' cgroups under
 //! `/berth-test-<pid>-<tag>` (emptied and removed on drop by a [`CgroupGuard`]), and
