@@ -4,8 +4,8 @@
 //! has no `user`: its exec would run as the host's root inside the container's mounts. So
 //! for such containers the shim does what runc's setns path does, in runc's order:
 //!
-//! 1. a fork of the shim (still the host's root) sets the container's `oom_score_adj`,
-//!    is put into the container's cgroups by the shim, joins the container's user
+//! 1. a fork of the shim (still the host's root) sets the container's rlimits and
+//!    `oom_score_adj`, is put into the container's cgroups by the shim, joins the container's user
 //!    namespace first, then its other namespaces (all owned by that user namespace);
 //! 2. it clones the process proper with `CLONE_PARENT` (so the shim is its parent and
 //!    reaps it; in the container's PID namespace), reports its pid and exits;
@@ -189,7 +189,15 @@ fn joiner(
     if !matches!(nix::unistd::read(go_r.as_raw_fd(), &mut b), Ok(1)) {
         return Err("the shim did not put the exec into the container's cgroups".into());
     }
-    // While still the host's root: lowering it needs CAP_SYS_RESOURCE there.
+    // While still the host's root (raising a hard limit needs CAP_SYS_RESOURCE there); the
+    // process inherits them.
+    let syscall = libcontainer::syscall::syscall::create_syscall();
+    for limit in process.rlimits().iter().flatten() {
+        syscall
+            .set_rlimit(limit)
+            .map_err(|e| format!("rlimit {}: {e}", limit.typ()))?;
+    }
+    // Likewise: lowering it needs CAP_SYS_RESOURCE there.
     if let Some(adj) = process.oom_score_adj() {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .map_err(|e| format!("oom_score_adj {adj}: {e}"))?;
