@@ -65,8 +65,10 @@ use crate::sandbox::namespaces::{self, Namespace};
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// After SIGKILL, how long to wait for the last processes before giving up on them.
 const KILL_GRACE: Duration = Duration::from_secs(5);
-/// Connections served at once; more are closed at accept.
-const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once; more are closed at accept. An interactive exec holds
+/// its connection for as long as it runs: room for a few dozen of them beside probes'
+/// ExecSyncs and berthd's requests.
+const MAX_CONNECTIONS: usize = 128;
 /// How often the loop wakes up with nothing to do, to check its state directory.
 const TICK: Duration = Duration::from_secs(30);
 /// How long the loop must have been idle after container work before it gives memory
