@@ -532,7 +532,9 @@ impl ContainerService {
         }
         rec.state = ContainerState::Running;
         rec.started_at = started_at;
-        self.inner.db.update_container(&rec)?;
+        // Not flushed: after a crash the record says Created and the shim, asked at
+        // recovery, says Running with this start time (one fsync less per start).
+        self.inner.db.update_container_lazily(&rec)?;
         self.emit(&rec, EventKind::Started);
         // It may have exited already: the watcher updates it; nothing to wait for here.
         Ok(())

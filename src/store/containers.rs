@@ -111,6 +111,18 @@ impl Db {
         Ok(())
     }
 
+    /// As [`Db::update_container`], but not flushed to disk until the next durable commit:
+    /// for state the shim can tell again after a crash (a started container's Running).
+    pub fn update_container_lazily(&self, c: &ContainerRecord) -> Result<()> {
+        let mut tx = self.write()?;
+        // Where redb refuses (a persistent savepoint, a shared database) it is durable.
+        let _ = tx.set_durability(redb::Durability::None);
+        tx.open_table(CONTAINERS)?
+            .insert(c.id.as_str(), encode(c).as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn container(&self, id: &str) -> Result<Option<ContainerRecord>> {
         let tx = self.read()?;
         let t = tx.open_table(CONTAINERS)?;
