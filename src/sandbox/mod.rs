@@ -458,7 +458,9 @@ impl SandboxService {
             if pod.reason.is_empty() {
                 pod.reason = "stopped".into();
             }
-            self.inner.db.update_pod(&pod)?;
+            // Not flushed: a crash that loses it leaves a Ready pod whose shim is gone,
+            // which recovery marks NotReady, and StopPodSandbox tears down again.
+            self.inner.db.update_pod_lazily(&pod)?;
         }
         Ok(())
     }
