@@ -83,6 +83,8 @@ echo "docker-registry $(dpkg-query -W -f='${Version}' docker-registry); busybox-
 
 # --- run directory and clean-up ---------------------------------------------------------
 RUN_DIR=$(mktemp -d /tmp/berth-test.XXXXXX)
+# As /var/lib and /run are on a node: user-namespaced pods' mapped roots pass through.
+chmod 0711 "$RUN_DIR"
 export TMPDIR=$RUN_DIR
 export BERTH_TEST_RUN=$RUN_DIR
 LOG_DIR=$REPO/target/berth-test-logs

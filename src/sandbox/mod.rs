@@ -326,6 +326,9 @@ impl SandboxService {
         let id = pod.id.clone();
         let dir = self.pod_dir(&id);
         std::fs::create_dir_all(&dir).map_err(|e| internal(&id, "state dir", e))?;
+        if pod.spec.user_ns.is_some() {
+            searchable_by_others(&dir).map_err(|e| internal(&id, "user namespace", e))?;
+        }
         files::write(&dir, &pod.spec).map_err(|e| internal(&id, "pod files", e))?;
         if pod.spec.ipc != NsMode::Node {
             files::mount_shm(&dir).map_err(|e| internal(&id, "/dev/shm", e))?;
@@ -662,6 +665,25 @@ fn remove_dir_safely(dir: &Path) -> std::io::Result<()> {
     std::fs::remove_dir_all(dir)
 }
 
+/// A user-namespaced pod's containers reach their rootfs and the pod's files as the mapped
+/// root, a stranger to the host's directories: every directory above the pod's must let
+/// others through (containerd needs the same, 0711). Says which one does not.
+fn searchable_by_others(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for d in dir.ancestors() {
+        let mode = std::fs::metadata(d)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(std::io::Error::other(format!(
+                "{} (mode {:o}) is not searchable by others, which the pod's mapped root \
+                 needs to reach its containers' root filesystems (chmod o+x it)",
+                d.display(),
+                mode & 0o7777
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn shim_id_mappings(m: Option<&Vec<spec::IdMapping>>) -> Vec<crate::proto::shim::IdMapping> {
     m.into_iter()
         .flatten()
@@ -676,6 +698,25 @@ fn shim_id_mappings(m: Option<&Vec<spec::IdMapping>>) -> Vec<crate::proto::shim:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_directory_above_a_user_namespaced_pod_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = std::env::temp_dir().join(format!("berth-search-{}", std::process::id()));
+        let pod = top.join("pods/p1");
+        std::fs::create_dir_all(&pod).unwrap();
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let open = searchable_by_others(&pod);
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let closed = searchable_by_others(&pod);
+        let _ = std::fs::remove_dir_all(&top);
+        // The system temp dir itself may be closed on some hosts; only compare ours.
+        if open.is_ok() {
+            let e = closed.unwrap_err().to_string();
+            assert!(e.contains(&top.display().to_string()), "{e}");
+            assert!(e.contains("mode 700"), "{e}");
+        }
+    }
 
     #[test]
     fn sysctls_must_be_namespaced_and_match_the_pods_namespaces() {
