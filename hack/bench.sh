@@ -15,8 +15,9 @@
 #      (its pause image is containerd's sandbox image);
 #   4. writes a CNI conflist there: a bridge of its own (name and a 10.198.X.0/20 subnet
 #      not in use: 4094 addresses, room for both runtimes' --max-pods at once), host-local
-#      IPAM with its data in the temporary directory, portmap; raises the host limits that
-#      hundreds of pods reach (see "host limits" below; restored on exit);
+#      IPAM with its data in the temporary directory, portmap; checks the host limits that
+#      hundreds of pods reach and raises what is short (the "Host limits" comment in this
+#      script says which; restored on exit);
 #   5. starts target/release/berthd with root, state and socket in the temporary directory,
 #      docker.io mirrored to the registry;
 #   6. with containerd: starts `containerd --config` with its own root, state, sockets and
@@ -392,7 +393,9 @@ echo "network $NETNAME: bridge $BRIDGE, subnet $SUBNET"
 # soft limit to the hard one), berthd ~20 in all; each runtime's pods and shims are ~12
 # tasks per pod for containerd, ~3 for berth (6000 threads on the host at 500 containerd
 # pods); idle pods make no ARP entries (gc_thresh* is not reached), no runtime uses
-# inotify per pod; containerd's shims take ~14 MB each. So: the soft file limit goes to
+# inotify per pod; containerd's shims take ~14 MB each; a Linux bridge takes at most 1024
+# ports (the density figure runs the runtimes one after the other, so one bridge holds at
+# most --max-pods + the other figures' pods). So: the soft file limit goes to
 # the hard one for the daemons, kernel.pid_max is raised if it is short (restored on
 # exit), and too little memory is said up front.
 ulimit -n "$(ulimit -Hn)"

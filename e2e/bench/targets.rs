@@ -200,8 +200,16 @@ impl Target {
             ),
             None => String::new(),
         };
+        // a ratio just under the bound would print as the bound (2.994 → "3.00"): then
+        // one more decimal, so that "missed" is not contradicted by the number beside it
+        let shown = match self.min_ratio {
+            Some(min) if ratio < min && format!("{ratio:.2}") == format!("{min:.2}") => {
+                format!("{ratio:.3}")
+            }
+            _ => format!("{ratio:.2}"),
+        };
         format!(
-            "{endpoint} {ratio:.2}× {better} than {vs} at {}{judged}",
+            "{endpoint} {shown}× {better} than {vs} at {}{judged}",
             stat.name()
         )
     }
@@ -269,6 +277,10 @@ mod tests {
         assert_eq!(
             get("exec").ratio_text("berth", "containerd", 2.0, "faster", Stat::P50),
             "berth 2.00× faster than containerd at p50"
+        );
+        assert_eq!(
+            t.ratio_text("berth", "containerd", 2.9961, "faster", Stat::P50),
+            "berth 2.996× faster than containerd at p50 (target ≥ 3×: missed)"
         );
     }
 }
