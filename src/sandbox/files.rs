@@ -115,8 +115,38 @@ pub fn unmount_shm(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Whether `path` is a mount point, from the mount table (works for bind mounts too).
+/// Whether `path` is a mount point (bind mounts of files and directories too). Asks the
+/// kernel for that one path (`statx`, `STATX_ATTR_MOUNT_ROOT`, Linux 5.8+): reading the
+/// whole mount table instead costs more with every pod on the node.
+#[allow(unsafe_code)]
 pub fn is_mountpoint(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
+        // SAFETY: an all-zero statx is a valid value of this plain C struct.
+        let mut st: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is NUL-terminated and `st` is writable; both outlive the call.
+        let r = unsafe {
+            libc::statx(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
+                0,
+                &mut st,
+            )
+        };
+        if r != 0 {
+            return false;
+        }
+        let bit = libc::STATX_ATTR_MOUNT_ROOT as u64;
+        if st.stx_attributes_mask & bit != 0 {
+            return st.stx_attributes & bit != 0;
+        }
+    }
+    is_mountpoint_by_table(path)
+}
+
+/// The mount table's answer, for kernels whose statx does not tell.
+fn is_mountpoint_by_table(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
@@ -138,6 +168,16 @@ fn unescape_mountinfo(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_as_the_mount_table_says() {
+        for p in ["/", "/proc", "/sys", "/proc/1", "/etc", "/no/such/path"] {
+            let p = Path::new(p);
+            assert_eq!(is_mountpoint(p), is_mountpoint_by_table(p), "{}", p.display());
+        }
+        assert!(is_mountpoint(Path::new("/proc")));
+        assert!(!is_mountpoint(Path::new("/proc/1")));
+    }
 
     #[test]
     fn resolv_conf_as_containerd_writes_it() {
