@@ -173,7 +173,12 @@ mod tests {
     fn mount_points_as_the_mount_table_says() {
         for p in ["/", "/proc", "/sys", "/proc/1", "/etc", "/no/such/path"] {
             let p = Path::new(p);
-            assert_eq!(is_mountpoint(p), is_mountpoint_by_table(p), "{}", p.display());
+            assert_eq!(
+                is_mountpoint(p),
+                is_mountpoint_by_table(p),
+                "{}",
+                p.display()
+            );
         }
         assert!(is_mountpoint(Path::new("/proc")));
         assert!(!is_mountpoint(Path::new("/proc/1")));
