@@ -547,6 +547,12 @@ async fn lifecycle_events_signals_exec_and_delete() {
     assert_eq!(r.exit_code, 137);
     assert_eq!(r.stdout, b"before\n");
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    // The shell is reaped before the answer; its child got the same SIGKILL (process group)
+    // and is gone a moment later.
+    let gone = Instant::now() + Duration::from_secs(2);
+    while !processes_running(&["sleep", "3737"]).is_empty() && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(processes_running(&["sleep", "3737"]), Vec::<u32>::new());
 
     // Concurrent execs are served side by side.
