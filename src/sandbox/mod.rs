@@ -490,6 +490,8 @@ impl SandboxService {
             .remove(&id);
         drop(_g);
         self.forget_lock(&id);
+        // Off the RPC's path.
+        tokio::task::spawn_blocking(crate::shim::memory::release_free_heap);
         Ok(())
     }
 

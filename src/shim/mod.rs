@@ -26,7 +26,7 @@ pub mod framing;
 mod init;
 mod interactive;
 pub mod logs;
-mod memory;
+pub mod memory;
 pub mod server;
 pub mod sysctl;
 mod userns_exec;
