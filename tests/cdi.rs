@@ -11,73 +11,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use common::registry::{Registry, testimg};
-use common::{Berthd, TempDir, TestNetwork, cri, mounts_under, spec};
+use common::world::{self, CgroupGuard, entries};
+use common::{Berthd, TempDir, TestNetwork, cri, mounts_under};
 use tonic::Code;
-
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-/// Removes a test's cgroup tree from every hierarchy, killing what still runs in it.
-struct CgroupGuard(String);
-
-impl CgroupGuard {
-    fn new(tag: &str) -> CgroupGuard {
-        CgroupGuard(format!("berth-test-{}-{tag}", std::process::id()))
-    }
-
-    fn parent(&self, name: &str) -> String {
-        format!("/{}/{name}", self.0)
-    }
-
-    /// Every directory of the tree in every hierarchy, deepest first.
-    fn dirs(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for h in std::fs::read_dir(CGROUP_ROOT)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let mut stack = vec![h.path().join(&self.0)];
-            while let Some(d) = stack.pop() {
-                if !d.is_dir() {
-                    continue;
-                }
-                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        stack.push(e.path());
-                    }
-                }
-                out.push(d);
-            }
-        }
-        out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        out
-    }
-}
-
-impl Drop for CgroupGuard {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.dirs().is_empty() && Instant::now() < deadline {
-            for d in self.dirs() {
-                for pid in std::fs::read_to_string(d.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| l.trim().parse::<i32>().ok())
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                let _ = std::fs::remove_dir(d);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 /// One test's world: cgroup tree, berthd (with `cdi_spec_dirs` = [missing dir, `cdi`]),
 /// network, registry, the pulled busybox reference.
@@ -100,21 +38,12 @@ impl Env {
         let cdi = TempDir::new("berth-cdi-specs");
         // A missing first directory is skipped, as the default `/etc/cdi` usually is.
         let missing = cdi.path().join("no-such-dir");
-        let d = Berthd::start(&format!(
-            "cdi_spec_dirs = [{missing:?}, {:?}]\n{}[registry.hosts.\"{}\"]\nplain_http = true\n",
-            cdi.path(),
-            net.toml(),
-            reg.addr()
-        ));
-        let image = reg.reference(testimg::BUSYBOX);
-        d.images()
-            .await
-            .pull_image(cri::PullImageRequest {
-                image: spec(&image),
-                ..Default::default()
-            })
-            .await
-            .expect("pull busybox");
+        let (d, image) = world::berthd_with_busybox(
+            &format!("cdi_spec_dirs = [{missing:?}, {:?}]\n", cdi.path()),
+            &net,
+            &reg,
+        )
+        .await;
         Env {
             cg,
             d,
@@ -132,47 +61,19 @@ impl Env {
     }
 
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        let mut c = common::pod_config(name);
-        c.linux.as_mut().unwrap().cgroup_parent = self.cg.parent(name);
-        c
+        world::pod_config_in(&self.cg, name)
     }
 
     async fn run_pod(&self, config: &cri::PodSandboxConfig) -> String {
-        self.d
-            .runtime()
-            .await
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("run pod")
-            .into_inner()
-            .pod_sandbox_id
+        world::run_pod(&self.d, config).await
     }
 
     async fn remove_pod(&self, id: &str) {
-        let mut rt = self.d.runtime().await;
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("stop pod");
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("remove pod");
+        world::remove_pod(&self.d, id).await
     }
 
     fn config(&self, name: &str) -> cri::ContainerConfig {
         cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: spec(&self.image),
-            command: vec!["sleep".into(), "1000".into()],
             // Each its own PID namespace, so that its init is PID 1: in the pod's shared
             // one it gets PID n, and libcontainer 0.7 reads the host's /proc/<n> to set up
             // the v1 cgroup mount, failing where the host has no process n (here 9, 11…).
@@ -186,7 +87,7 @@ impl Env {
                     ..Default::default()
                 }),
             }),
-            ..Default::default()
+            ..world::busybox_config(&self.image, name, &["sleep", "1000"])
         }
     }
 
@@ -196,16 +97,7 @@ impl Env {
         pod_config: &cri::PodSandboxConfig,
         config: cri::ContainerConfig,
     ) -> Result<String, tonic::Status> {
-        self.d
-            .runtime()
-            .await
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.into(),
-                config: Some(config),
-                sandbox_config: Some(pod_config.clone()),
-            })
-            .await
-            .map(|r| r.into_inner().container_id)
+        world::create_container(&self.d, pod, pod_config, config).await
     }
 
     async fn run(
@@ -215,14 +107,7 @@ impl Env {
         config: cri::ContainerConfig,
     ) -> String {
         let id = self.create(pod, pod_config, config).await.expect("create");
-        self.d
-            .runtime()
-            .await
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("start");
+        world::start_container(&self.d, &id).await.expect("start");
         id
     }
 
@@ -246,14 +131,7 @@ impl Env {
     }
 
     async fn containers(&self) -> Vec<cri::Container> {
-        self.d
-            .runtime()
-            .await
-            .list_containers(cri::ListContainersRequest { filter: None })
-            .await
-            .expect("list containers")
-            .into_inner()
-            .containers
+        world::list_containers(&self.d, None).await
     }
 
     /// A refused CreateContainer left no record, bundle, mount or writable layer.
@@ -269,18 +147,6 @@ impl Env {
         let layers = entries(&self.d.root.join("containers"));
         assert!(layers.is_empty(), "{what}: container dirs left: {layers:?}");
     }
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// The YAML spec of `berth.test/device`: `null0` is the host's `/dev/null` as

@@ -15,97 +15,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::registry::{Registry, testimg};
+use common::world::{self, CGROUP_ROOT, CgroupGuard, entries, wait_listening};
 use common::{Berthd, TempDir, TestNetwork, cri, mounts_under, shims_under, spec};
 use tonic::Code;
-
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos() as i64
-}
-
-/// Removes a test's cgroup tree from every v1 hierarchy (and the v2 one), killing what
-/// still runs in it first; also when the test fails.
-struct CgroupGuard(String);
-
-impl CgroupGuard {
-    fn new(tag: &str) -> CgroupGuard {
-        CgroupGuard(format!("berth-test-{}-{tag}", std::process::id()))
-    }
-
-    /// `/<top>/<name>`: a pod's cgroup parent inside this test's tree.
-    fn parent(&self, name: &str) -> String {
-        format!("/{}/{name}", self.0)
-    }
-
-    /// Every directory of the tree in every hierarchy, deepest first.
-    fn dirs(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for h in std::fs::read_dir(CGROUP_ROOT)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let top = h.path().join(&self.0);
-            if !top.is_dir() {
-                continue;
-            }
-            let mut stack = vec![top];
-            while let Some(d) = stack.pop() {
-                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        stack.push(e.path());
-                    }
-                }
-                out.push(d);
-            }
-        }
-        out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        out
-    }
-
-    /// PIDs of processes anywhere in the tree.
-    fn pids(&self) -> Vec<i32> {
-        let mut v: Vec<i32> = self
-            .dirs()
-            .iter()
-            .flat_map(|d| {
-                std::fs::read_to_string(d.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect::<Vec<i32>>()
-            })
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    }
-}
-
-impl Drop for CgroupGuard {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let pids = self.pids();
-            for p in &pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(*p),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            for d in self.dirs() {
-                let _ = std::fs::remove_dir(d);
-            }
-            if self.dirs().is_empty() || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 /// One test's world: its cgroup tree, berthd, CNI network, registry (dropped in this
@@ -126,21 +44,7 @@ impl Env {
         let cg = CgroupGuard::new(tag);
         let reg = Registry::start_only(&[testimg::BUSYBOX]);
         let net = TestNetwork::new();
-        let d = Berthd::start(&format!(
-            "{}[registry.hosts.\"{}\"]\nplain_http = true\n",
-            net.toml(),
-            reg.addr()
-        ));
-        wait_listening(&d).await;
-        let image = reg.reference(testimg::BUSYBOX);
-        d.images()
-            .await
-            .pull_image(cri::PullImageRequest {
-                image: spec(&image),
-                ..Default::default()
-            })
-            .await
-            .expect("pull busybox");
+        let (d, image) = world::berthd_with_busybox("", &net, &reg).await;
         Env {
             cg,
             d,
@@ -152,51 +56,23 @@ impl Env {
     }
 
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        let mut c = common::pod_config(name);
+        let mut c = world::pod_config_in(&self.cg, name);
         c.log_directory = self.logs.path().join(name).display().to_string();
-        c.linux.as_mut().unwrap().cgroup_parent = self.cg.parent(name);
         c
     }
 
     async fn run_pod(&self, config: &cri::PodSandboxConfig) -> String {
-        self.d
-            .runtime()
-            .await
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("run pod")
-            .into_inner()
-            .pod_sandbox_id
+        world::run_pod(&self.d, config).await
     }
 
     async fn remove_pod(&self, id: &str) {
-        let mut rt = self.d.runtime().await;
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("stop pod");
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("remove pod");
+        world::remove_pod(&self.d, id).await
     }
 
     fn config(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
         cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: spec(&self.image),
-            command: cmd.iter().map(|s| s.to_string()).collect(),
             log_path: format!("{name}/0.log"),
-            linux: Some(cri::LinuxContainerConfig::default()),
-            ..Default::default()
+            ..world::busybox_config(&self.image, name, cmd)
         }
     }
 
@@ -206,27 +82,11 @@ impl Env {
         pod_config: &cri::PodSandboxConfig,
         config: cri::ContainerConfig,
     ) -> Result<String, tonic::Status> {
-        self.d
-            .runtime()
-            .await
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.into(),
-                config: Some(config),
-                sandbox_config: Some(pod_config.clone()),
-            })
-            .await
-            .map(|r| r.into_inner().container_id)
+        world::create_container(&self.d, pod, pod_config, config).await
     }
 
     async fn start(&self, id: &str) -> Result<(), tonic::Status> {
-        self.d
-            .runtime()
-            .await
-            .start_container(cri::StartContainerRequest {
-                container_id: id.into(),
-            })
-            .await
-            .map(|_| ())
+        world::start_container(&self.d, id).await
     }
 
     /// Create and start.
@@ -293,14 +153,7 @@ impl Env {
     }
 
     async fn list(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
-        self.d
-            .runtime()
-            .await
-            .list_containers(cri::ListContainersRequest { filter })
-            .await
-            .expect("list containers")
-            .into_inner()
-            .containers
+        world::list_containers(&self.d, filter).await
     }
 
     async fn exec(
@@ -385,34 +238,6 @@ impl Env {
         let cgs = self.cg.dirs();
         assert!(cgs.is_empty(), "cgroups left: {cgs:?}");
     }
-}
-
-/// Waits until berthd accepts connections. `Berthd::start` returns once the socket file
-/// exists, but the file appears at bind(2), before listen(2): a connection in between is
-/// refused (seen with several berthds starting at once).
-async fn wait_listening(d: &Berthd) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::net::UnixStream::connect(&d.socket).await {
-            Ok(_) => return,
-            Err(e) if Instant::now() > deadline => {
-                panic!("berthd does not accept connections: {e}\n{}", d.log())
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// Processes whose root filesystem comes from under `path`: containers' processes, whose

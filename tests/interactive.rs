@@ -25,9 +25,8 @@ use berth::sandbox::spec::{NsMode, PodMetadata, PodSpec};
 use berth::store::Db;
 use common::TempDir;
 use common::registry::{Registry, testimg};
+use common::world::CgroupGuard;
 use nix::fcntl::OFlag;
-
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// One test's world: berthd's services over a temporary root, a pod (host network, so no
 /// CNI; a PID namespace per container) and the busybox image pulled from the test's own registry.
@@ -37,7 +36,7 @@ struct Env {
     pod: String,
     image: String,
     /// `berth-test-<pid>-<tag>`: the pod's cgroup tree.
-    cgroup_top: String,
+    cg: CgroupGuard,
     logs: PathBuf,
     state: PathBuf,
     dir: TempDir,
@@ -70,14 +69,14 @@ impl Env {
             .pull(&Reference::parse(&image).unwrap(), Credentials::Anonymous)
             .await
             .expect("pull busybox");
-        let cgroup_top = format!("berth-test-{}-{tag}", std::process::id());
+        let cg = CgroupGuard::new(tag);
         let logs = dir.path().join("logs");
         let mut env = Env {
             containers,
             sandboxes,
             pod: String::new(),
             image,
-            cgroup_top,
+            cg,
             logs,
             state,
             dir,
@@ -92,7 +91,7 @@ impl Env {
             },
             hostname: "interactive".into(),
             log_directory: env.logs.display().to_string(),
-            cgroup_parent: format!("/{}/pod", env.cgroup_top),
+            cgroup_parent: env.cg.parent("pod"),
             network: NsMode::Node,
             // Kubernetes' default. (A shared PID namespace makes libcontainer 0.7's cgroup
             // v1 mount look at the host's /proc/<pid in the pod>: creates fail at random.)
@@ -199,31 +198,6 @@ impl Env {
         self.sandboxes.remove(&self.pod).await.expect("remove pod");
         assert!(common::shims_under(self.dir.path()).is_empty());
     }
-
-    /// Every cgroup directory of the test's tree in every hierarchy, deepest first.
-    fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for h in std::fs::read_dir(CGROUP_ROOT)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let mut stack = vec![h.path().join(&self.cgroup_top)];
-            while let Some(d) = stack.pop() {
-                if !d.is_dir() {
-                    continue;
-                }
-                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        stack.push(e.path());
-                    }
-                }
-                out.push(d);
-            }
-        }
-        out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        out
-    }
 }
 
 impl Drop for Env {
@@ -237,26 +211,7 @@ impl Drop for Env {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            for d in self.cgroup_dirs() {
-                for p in std::fs::read_to_string(d.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| l.trim().parse::<i32>().ok())
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(p),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                let _ = std::fs::remove_dir(&d);
-            }
-            if self.cgroup_dirs().is_empty() || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.cg.clear();
         let mut mounts: Vec<String> = common::mounts_under(self.dir.path())
             .iter()
             .filter_map(|l| l.split(' ').nth(4).map(str::to_string))

@@ -11,13 +11,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use berth::streaming::spdy::{self, Frame, FrameDecoder, FrameEncoder};
 use bytes::{Bytes, BytesMut};
 use common::registry::{Registry, testimg};
-use common::{Berthd, TestNetwork, cri, spec};
+use common::world::{self, CgroupGuard};
+use common::{Berthd, TestNetwork, cri};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,85 +27,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tonic::Code;
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// How long a test waits for any one thing the server should do.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Removes a test's cgroup tree from every hierarchy, killing what still runs in it.
-struct CgroupGuard(String);
-
-impl CgroupGuard {
-    fn new(tag: &str) -> CgroupGuard {
-        CgroupGuard(format!("berth-test-{}-{tag}", std::process::id()))
-    }
-
-    fn parent(&self, name: &str) -> String {
-        format!("/{}/{name}", self.0)
-    }
-
-    fn dirs(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for h in std::fs::read_dir(CGROUP_ROOT)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let mut stack = vec![h.path().join(&self.0)];
-            while let Some(d) = stack.pop() {
-                if !d.is_dir() {
-                    continue;
-                }
-                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        stack.push(e.path());
-                    }
-                }
-                out.push(d);
-            }
-        }
-        out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        out
-    }
-
-    /// PIDs of processes anywhere in the tree.
-    fn pids(&self) -> Vec<i32> {
-        let mut v: Vec<i32> = self
-            .dirs()
-            .iter()
-            .flat_map(|d| {
-                std::fs::read_to_string(d.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect::<Vec<i32>>()
-            })
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    }
-}
-
-impl Drop for CgroupGuard {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            for p in self.pids() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(p),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            for d in self.dirs() {
-                let _ = std::fs::remove_dir(d);
-            }
-            if self.dirs().is_empty() || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 /// One test's world: cgroup tree, berthd, CNI network and registry (dropped in this
 /// order), with the busybox test image pulled.
@@ -124,20 +47,7 @@ impl Env {
         let cg = CgroupGuard::new(tag);
         let reg = Registry::start_only(&[testimg::BUSYBOX]);
         let net = TestNetwork::new();
-        let d = Berthd::start(&format!(
-            "{}[registry.hosts.\"{}\"]\nplain_http = true\n",
-            net.toml(),
-            reg.addr()
-        ));
-        let image = reg.reference(testimg::BUSYBOX);
-        d.images()
-            .await
-            .pull_image(cri::PullImageRequest {
-                image: spec(&image),
-                ..Default::default()
-            })
-            .await
-            .expect("pull busybox");
+        let (d, image) = world::berthd_with_busybox("", &net, &reg).await;
         Env {
             cg,
             d,
@@ -148,60 +58,24 @@ impl Env {
     }
 
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        let mut c = common::pod_config(name);
-        c.linux.as_mut().unwrap().cgroup_parent = self.cg.parent(name);
-        c
+        world::pod_config_in(&self.cg, name)
     }
 
     async fn run_pod(&self, config: &cri::PodSandboxConfig) -> String {
-        self.d
-            .runtime()
-            .await
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("run pod")
-            .into_inner()
-            .pod_sandbox_id
+        world::run_pod(&self.d, config).await
     }
 
     async fn stop_pod(&self, id: &str) {
-        self.d
-            .runtime()
-            .await
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: id.into(),
-            })
-            .await
-            .expect("stop pod");
+        world::stop_pod(&self.d, id).await
     }
 
     async fn remove_pod(&self, id: &str) {
-        self.stop_pod(id).await;
-        self.d
-            .runtime()
-            .await
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: id.into(),
-            })
-            .await
-            .expect("remove pod");
+        world::remove_pod(&self.d, id).await
     }
 
     /// A busybox container config running `cmd`.
     fn config(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
-        cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: spec(&self.image),
-            command: cmd.iter().map(|s| s.to_string()).collect(),
-            linux: Some(cri::LinuxContainerConfig::default()),
-            ..Default::default()
-        }
+        world::busybox_config(&self.image, name, cmd)
     }
 
     /// Creates and starts a busybox container running `cmd`.
@@ -216,22 +90,12 @@ impl Env {
         pod_config: &cri::PodSandboxConfig,
         config: cri::ContainerConfig,
     ) -> String {
-        let mut rt = self.d.runtime().await;
-        let id = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.into(),
-                config: Some(config),
-                sandbox_config: Some(pod_config.clone()),
-            })
+        let id = world::create_container(&self.d, pod, pod_config, config)
             .await
-            .expect("create container")
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("start container");
+            .expect("create container");
+        world::start_container(&self.d, &id)
+            .await
+            .expect("start container");
         id
     }
 
