@@ -22,8 +22,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::memory::{count_pods, find_daemon, shim_readings};
-use super::ops::{Image, Pod};
+use super::memory::{DaemonState, count_pods, shim_readings};
+use super::ops::Pod;
 use super::pods::full_pod;
 use super::procfs;
 use super::report::{self, FigureReport, Row};
@@ -43,12 +43,6 @@ const MB: f64 = 1e6;
 
 pub struct Density {
     pub max_pods: u32,
-}
-
-pub struct DensityState {
-    pid: u32,
-    how: String,
-    image: Image,
 }
 
 /// The steps of a figure with `max` pods, ascending.
@@ -183,7 +177,7 @@ impl Density {
     async fn fill(
         &self,
         rt: &mut Runtime,
-        st: &DensityState,
+        st: &DaemonState,
         r: &mut DensityRun,
         pods: &mut Vec<Pod>,
     ) -> Result<()> {
@@ -246,7 +240,7 @@ impl Density {
     async fn read_step(
         &self,
         rt: &mut Runtime,
-        st: &DensityState,
+        st: &DaemonState,
         n: u32,
         r: &DensityRun,
     ) -> Result<StepReading> {
@@ -338,7 +332,7 @@ impl Density {
 }
 
 impl Figure for Density {
-    type State = DensityState;
+    type State = DaemonState;
 
     fn name(&self) -> &'static str {
         "density"
@@ -348,17 +342,11 @@ impl Figure for Density {
         (0, 1)
     }
 
-    async fn setup(&self, rt: &mut Runtime) -> Result<DensityState> {
-        rt.ops().verify_network_ready().await?;
-        let (pid, how) = find_daemon(rt, self.name())?;
-        Ok(DensityState {
-            pid,
-            how,
-            image: rt.image()?,
-        })
+    async fn setup(&self, rt: &mut Runtime) -> Result<DaemonState> {
+        DaemonState::setup(rt, self.name()).await
     }
 
-    async fn run(&self, rt: &mut Runtime, st: &mut DensityState) -> Result<Sample> {
+    async fn run(&self, rt: &mut Runtime, st: &mut DaemonState) -> Result<Sample> {
         let pods_before = count_pods(rt).await?;
         let idle = procfs::memory(st.pid)?;
         let mut r = DensityRun {
@@ -416,7 +404,7 @@ impl Figure for Density {
         })
     }
 
-    async fn teardown(&self, rt: &mut Runtime, _: DensityState) -> Result<()> {
+    async fn teardown(&self, rt: &mut Runtime, _: DaemonState) -> Result<()> {
         rt.ops().sweep(Some(self.name())).await.map(drop)
     }
 

@@ -32,10 +32,25 @@ pub struct Memory {
     pub pods: u32,
 }
 
-pub struct MemoryState {
-    pid: u32,
-    how: String,
-    image: Image,
+/// What the memory and density figures need: the daemon (pid, how it was found) and the
+/// image their pods run.
+pub struct DaemonState {
+    pub pid: u32,
+    pub how: String,
+    pub image: Image,
+}
+
+impl DaemonState {
+    /// The network is ready and the daemon is found; `figure` names it in errors.
+    pub async fn setup(rt: &mut Runtime, figure: &str) -> Result<DaemonState> {
+        rt.ops().verify_network_ready().await?;
+        let (pid, how) = find_daemon(rt, figure)?;
+        Ok(DaemonState {
+            pid,
+            how,
+            image: rt.image()?,
+        })
+    }
 }
 
 /// One pod's shim and its resident memory.
@@ -130,7 +145,7 @@ pub async fn count_pods(rt: &mut Runtime) -> Result<usize> {
 }
 
 impl Figure for Memory {
-    type State = MemoryState;
+    type State = DaemonState;
 
     fn name(&self) -> &'static str {
         "memory"
@@ -140,17 +155,11 @@ impl Figure for Memory {
         (0, 1)
     }
 
-    async fn setup(&self, rt: &mut Runtime) -> Result<MemoryState> {
-        rt.ops().verify_network_ready().await?;
-        let (pid, how) = find_daemon(rt, self.name())?;
-        Ok(MemoryState {
-            pid,
-            how,
-            image: rt.image()?,
-        })
+    async fn setup(&self, rt: &mut Runtime) -> Result<DaemonState> {
+        DaemonState::setup(rt, self.name()).await
     }
 
-    async fn run(&self, rt: &mut Runtime, st: &mut MemoryState) -> Result<Sample> {
+    async fn run(&self, rt: &mut Runtime, st: &mut DaemonState) -> Result<Sample> {
         let pods_before = count_pods(rt).await?;
         let idle = procfs::memory(st.pid)?;
 
@@ -204,7 +213,7 @@ impl Figure for Memory {
         })
     }
 
-    async fn teardown(&self, rt: &mut Runtime, _: MemoryState) -> Result<()> {
+    async fn teardown(&self, rt: &mut Runtime, _: DaemonState) -> Result<()> {
         rt.ops().sweep(Some(self.name())).await.map(drop)
     }
 
