@@ -350,7 +350,7 @@ impl ContainerService {
         );
         // A user-namespaced pod: the rootfs is seen through the pod's ID mapping.
         let userns = pod.spec.user_ns.as_ref().map(|u| {
-            let root = |m: &[crate::sandbox::spec::IdMapping]| {
+            let root = |m: &[super::config::IdMapping]| {
                 m.iter()
                     .find(|m| m.container_id == 0)
                     .map_or(0, |m| m.host_id)
@@ -875,7 +875,7 @@ fn pod_user_ns(
     pod: &crate::sandbox::spec::PodSpec,
     config: &mut super::config::ContainerConfig,
 ) -> std::result::Result<(), super::spec::SpecError> {
-    use super::config::{IdMapping, NamespaceMode, UserNamespace};
+    use super::config::{NamespaceMode, UserNamespace};
     use super::spec::SpecError;
     let asked = &mut config.security.namespaces.userns;
     let Some(u) = &pod.user_ns else {
@@ -886,19 +886,10 @@ fn pod_user_ns(
         }
         return Ok(());
     };
-    let map = |m: &[crate::sandbox::spec::IdMapping]| -> Vec<IdMapping> {
-        m.iter()
-            .map(|m| IdMapping {
-                container_id: m.container_id,
-                host_id: m.host_id,
-                length: m.length,
-            })
-            .collect()
-    };
     let pod_ns = UserNamespace {
         mode: NamespaceMode::Pod,
-        uids: map(&u.uids),
-        gids: map(&u.gids),
+        uids: u.uids.clone(),
+        gids: u.gids.clone(),
     };
     match asked {
         Some(a) if a.mode == NamespaceMode::Node => Err(SpecError::InvalidArgument(

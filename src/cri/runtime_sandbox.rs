@@ -9,8 +9,7 @@ use crate::container::config::NamespaceMode;
 use crate::proto::runtime::v1 as cri;
 use crate::sandbox::Error as SandboxError;
 use crate::sandbox::spec::{
-    Dns, IdMapping, NsMode, PodMetadata, PodRecord, PodSpec, PodState, PortMapping, Resources,
-    UserNs,
+    Dns, NsMode, PodMetadata, PodRecord, PodSpec, PodState, PortMapping, Resources, UserNs,
 };
 
 impl From<SandboxError> for Status {
@@ -85,18 +84,9 @@ fn pod_user_ns(ns: &cri::NamespaceOption) -> Result<Option<UserNs>, Status> {
             )));
         }
     }
-    let map = |m: &[crate::container::config::IdMapping]| {
-        m.iter()
-            .map(|m| IdMapping {
-                container_id: m.container_id,
-                host_id: m.host_id,
-                length: m.length,
-            })
-            .collect()
-    };
     Ok(Some(UserNs {
-        uids: map(&u.uids),
-        gids: map(&u.gids),
+        uids: u.uids,
+        gids: u.gids,
     }))
 }
 

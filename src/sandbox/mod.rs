@@ -686,7 +686,9 @@ fn searchable_by_others(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn shim_id_mappings(m: Option<&Vec<spec::IdMapping>>) -> Vec<crate::proto::shim::IdMapping> {
+fn shim_id_mappings(
+    m: Option<&Vec<crate::container::config::IdMapping>>,
+) -> Vec<crate::proto::shim::IdMapping> {
     m.into_iter()
         .flatten()
         .map(|m| crate::proto::shim::IdMapping {

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::container::config::IdMapping;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum NsMode {
     /// The pod's own namespace, shared by its containers.
@@ -78,16 +80,9 @@ pub struct PodSpec {
     pub user_ns: Option<UserNs>,
 }
 
-/// One ID mapping range: `length` IDs from `container_id` in the pod are the same number
-/// from `host_id` on the host.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdMapping {
-    pub container_id: u32,
-    pub host_id: u32,
-    pub length: u32,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A pod's user namespace: its ID mappings (the container module's type: containers of the
+/// pod run with the same ones).
 pub struct UserNs {
     pub uids: Vec<IdMapping>,
     pub gids: Vec<IdMapping>,

@@ -81,21 +81,9 @@ pub fn spawn() -> Result<Init, String> {
 /// writes the child's uid/gid maps and pins its namespaces. With `as_init` (`flags` has
 /// `CLONE_NEWPID`) the child is the pod's init, as [`spawn`] makes it; otherwise it only
 /// holds the namespaces until the returned value is dropped, then exits.
-#[allow(unsafe_code)]
 pub fn spawn_owner(flags: nix::sched::CloneFlags, as_init: bool) -> Result<Init, String> {
-    if threads() != 1 {
-        return Err("refusing to clone a multi-threaded process".into());
-    }
     let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let bits = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
-    // SAFETY: with a null stack pointer clone(2) behaves as fork(2): the child runs on a
-    // copy of this single-threaded process's memory (checked above), so it may run any code.
-    let ret = unsafe { libc::syscall(libc::SYS_clone, bits, 0usize, 0usize, 0usize, 0usize) };
-    match ret {
-        -1 => Err(format!(
-            "clone({flags:?}): {}",
-            std::io::Error::last_os_error()
-        )),
+    match clone_fork(flags.bits() as libc::c_ulong)? {
         0 => {
             if as_init {
                 let _ = std::panic::catch_unwind(move || init_main(r, w));
@@ -162,10 +150,37 @@ fn reap() {
     }
 }
 
+/// `clone(2)` with a null stack and `flags` (plus SIGCHLD): a fork that can also make
+/// namespaces or take `CLONE_PARENT`. Returns 0 in the child, the child's pid in the caller.
+/// Refused when this process has more than one thread (uncounted, 0, where `/proc/self` is
+/// another PID namespace's: an exec's fork after joining the container's mounts).
+#[allow(unsafe_code)]
+pub fn clone_fork(flags: libc::c_ulong) -> Result<libc::c_long, String> {
+    if threads() > 1 {
+        return Err("refusing to clone a multi-threaded process".into());
+    }
+    // SAFETY: with a null stack pointer clone(2) behaves as fork(2): the child runs on a
+    // copy of this single-threaded process's memory (checked above), so it may run any code.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags | libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if ret == -1 {
+        return Err(format!("clone: {}", std::io::Error::last_os_error()));
+    }
+    Ok(ret)
+}
+
 /// `_exit(2)`: ends a forked child without running anything of the shim's (no atexit
 /// handlers, no destructors).
 #[allow(unsafe_code)]
-fn exit_now(code: i32) -> ! {
+pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit takes no pointers and never returns.
     unsafe { libc::_exit(code) }
 }

@@ -136,7 +136,7 @@ pub fn spawn(
                     1
                 }
             };
-            exit_now(code)
+            init::exit_now(code)
         }
         ForkResult::Parent { child } => {
             drop((go_r, rep_w, err_w, stdio));
@@ -205,29 +205,18 @@ fn joiner(
     for (f, flag) in ns_files {
         nix::sched::setns(f, flag).map_err(|e| format!("join the container's {flag:?}: {e}"))?;
     }
-    let flags = libc::CLONE_PARENT as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
-    let ret = clone_raw(flags);
-    match ret {
-        -1 => Err(format!("clone: {}", std::io::Error::last_os_error())),
+    match init::clone_fork(libc::CLONE_PARENT as libc::c_ulong)? {
         0 => {
             drop(rep_w);
             let e = exec_process(spec, process, stdio, tty);
             report(err_w, &e);
-            exit_now(127)
+            init::exit_now(127)
         }
         pid => {
             let _ = nix::unistd::write(&rep_w, &(pid as i32).to_ne_bytes());
             Ok(())
         }
     }
-}
-
-/// `clone(2)` with a null stack: a fork with `flags`. Only for single-threaded callers.
-#[allow(unsafe_code)]
-fn clone_raw(flags: libc::c_ulong) -> libc::c_long {
-    // SAFETY: with a null stack pointer clone(2) behaves as fork(2): the child runs on a
-    // copy of the caller's memory, and the caller (a fork of the shim) has one thread.
-    unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) }
 }
 
 /// In the container's namespaces: becomes the process, or says why not.
@@ -376,13 +365,6 @@ fn set_capabilities(process: &Process) -> Result<(), String> {
         caps::raise(None, CapSet::Ambient, cap).map_err(|e| format!("ambient {cap}: {e}"))?;
     }
     Ok(())
-}
-
-/// `_exit(2)`: ends a forked process without running anything of the shim's.
-#[allow(unsafe_code)]
-fn exit_now(code: i32) -> ! {
-    // SAFETY: _exit takes no pointers and never returns.
-    unsafe { libc::_exit(code) }
 }
 
 #[cfg(test)]
