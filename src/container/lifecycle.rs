@@ -332,6 +332,8 @@ impl ContainerService {
         image: &ImageConfig,
     ) -> Result<()> {
         let id = rec.id.clone();
+        let pod_dir = self.inner.sandboxes.pod_dir(&pod.id);
+        let ns = namespaces::ns_paths(&pod_dir);
         let bundle = self.bundle(rec);
         let rootfs_dir = bundle.join("rootfs");
         let layer = rootfs::layer(&self.inner.containers_dir, &id);
@@ -355,11 +357,7 @@ impl ContainerService {
                     .find(|m| m.container_id == 0)
                     .map_or(0, |m| m.host_id)
             };
-            (
-                namespaces::ns_paths(&self.inner.sandboxes.pod_dir(&pod.id)).user,
-                root(&u.uids),
-                root(&u.gids),
-            )
+            (ns.user.clone(), root(&u.uids), root(&u.gids))
         });
         tokio::task::spawn_blocking(move || {
             let idmap = userns.as_ref().map(|(p, uid, gid)| rootfs::IdMap {
@@ -376,11 +374,7 @@ impl ContainerService {
         // Host paths of bind mounts that do not exist are made, as containerd does.
         super::mounts::prepare_host_paths(&mut rec.config).map_err(spec_err)?;
         pod_user_ns(&pod.spec, &mut rec.config).map_err(spec_err)?;
-        let userns_file = pod
-            .spec
-            .user_ns
-            .is_some()
-            .then(|| namespaces::ns_paths(&self.inner.sandboxes.pod_dir(&pod.id)).user);
+        let userns_file = pod.spec.user_ns.is_some().then(|| ns.user.clone());
         let (config, idmap) = (rec.config.clone(), rootfs::idmap_dir(&bundle));
         rec.config = tokio::task::spawn_blocking(move || {
             stage_idmapped_mounts(config, userns_file.as_deref(), &idmap)
@@ -401,8 +395,6 @@ impl ContainerService {
             }
             _ => None,
         };
-        let pod_dir = self.inner.sandboxes.pod_dir(&pod.id);
-        let ns = namespaces::ns_paths(&pod_dir);
         let pf = files::paths(&pod_dir);
         let pod_ctx = PodContext {
             pod_id: pod.id.clone(),
