@@ -114,9 +114,7 @@ impl Db {
     /// As [`Db::update_container`], but not flushed to disk until the next durable commit:
     /// for state the shim can tell again after a crash (a started container's Running).
     pub fn update_container_lazily(&self, c: &ContainerRecord) -> Result<()> {
-        let mut tx = self.write()?;
-        // Where redb refuses (a persistent savepoint, a shared database) it is durable.
-        let _ = tx.set_durability(redb::Durability::None);
+        let tx = self.write_lazily()?;
         tx.open_table(CONTAINERS)?
             .insert(c.id.as_str(), encode(c).as_slice())?;
         tx.commit()?;

@@ -75,6 +75,15 @@ impl Db {
         Ok(self.db.begin_write()?)
     }
 
+    /// A write whose commit is not flushed to disk until the next durable one: for state a
+    /// crash may lose because recovery finds it again. Where redb refuses (a persistent
+    /// savepoint, a shared database) it is durable.
+    pub(crate) fn write_lazily(&self) -> Result<redb::WriteTransaction> {
+        let mut tx = self.db.begin_write()?;
+        let _ = tx.set_durability(redb::Durability::None);
+        Ok(tx)
+    }
+
     pub(crate) fn read(&self) -> Result<redb::ReadTransaction> {
         Ok(self.db.begin_read()?)
     }

@@ -46,9 +46,7 @@ impl Db {
     /// As [`Db::update_pod`], but not flushed to disk until the next durable commit: for a
     /// stopped pod, whose stop is repeated (idempotently) if a crash loses it.
     pub fn update_pod_lazily(&self, pod: &PodRecord) -> Result<()> {
-        let mut tx = self.write()?;
-        // Where redb refuses (a persistent savepoint, a shared database) it is durable.
-        let _ = tx.set_durability(redb::Durability::None);
+        let tx = self.write_lazily()?;
         tx.open_table(PODS)?
             .insert(pod.id.as_str(), encode(pod).as_slice())?;
         tx.commit()?;
