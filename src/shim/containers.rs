@@ -35,6 +35,7 @@ use super::exec::{self, Exec};
 use super::exits::{self, ExitRecord};
 use super::interactive::{self, Interactive};
 use super::logs::{LineSplitter, LogFile, Stream, timestamp};
+use super::setns_exec::Target;
 use super::workload::{BerthExecutor, EXEC_ERROR};
 use crate::proto::shim::{
     ContainerState, CreateContainerRequest, ErrorKind, Event, ExecRequest, ExecSyncRequest,
@@ -193,6 +194,8 @@ pub struct Container {
     /// Attached readers of [stdout or tty, stderr] (see `interactive`); a slot is emptied
     /// when its reader is dropped, and kept so that the poll loop's indexes stay valid.
     attached: [Vec<Option<OwnedFd>>; 2],
+    /// What its execs join, read at the first one (see `setns_exec::Target`).
+    exec_target: Option<Target>,
 }
 
 impl Container {
@@ -692,6 +695,7 @@ impl Runtime {
             stdin_once: req.stdin_once,
             tty: req.tty,
             attached: Default::default(),
+            exec_target: None,
         });
         self.event(&req.id, event::Kind::Created, 0);
         Ok(pid.as_raw() as u32)
@@ -827,23 +831,35 @@ impl Runtime {
             .ok_or_else(|| Failure::not_found(format!("container {id} not found")))
     }
 
-    /// Starts an exec whose answer goes to connection `conn` once it is done.
-    pub fn exec(&mut self, conn: u64, req: ExecSyncRequest) -> Result<(), Failure> {
-        let ci = self.lookup(&req.container_id)?;
-        let c = &self.containers[ci];
+    /// The running container `id` as its execs see it, read once.
+    fn exec_target(&mut self, id: &str) -> Result<&Target, Failure> {
+        let ci = self.lookup(id)?;
+        let c = &mut self.containers[ci];
         if c.status != Status::Running {
             return Err(Failure::precondition(format!(
-                "container {} is not running",
-                req.container_id
+                "container {id} is not running"
             )));
         }
+        if c.exec_target.as_ref().is_none_or(|t| t.init != c.pid) {
+            let t = Target::load(c.lc.bundle(), c.pid)
+                .map_err(|e| Failure::internal(format!("exec in container {id}: {e}")))?;
+            c.exec_target = Some(t);
+        }
+        Ok(c.exec_target.as_ref().expect("just set"))
+    }
+
+    /// Starts an exec whose answer goes to connection `conn` once it is done.
+    pub fn exec(&mut self, conn: u64, req: ExecSyncRequest) -> Result<(), Failure> {
+        let lc_root = self.lc_root();
         self.exec_seq += 1;
+        let seq = self.exec_seq;
+        let target = self.exec_target(&req.container_id)?;
         let e = exec::spawn(
-            &self.lc_root(),
+            target,
+            &lc_root,
             &req.container_id,
-            c.lc.bundle(),
             conn,
-            self.exec_seq,
+            seq,
             req.args,
             req.timeout_ms,
         )?;
@@ -859,20 +875,17 @@ impl Runtime {
         req: ExecRequest,
         fds: Vec<OwnedFd>,
     ) -> Result<u32, Failure> {
-        let ci = self.lookup(&req.container_id)?;
-        if self.containers[ci].status != Status::Running {
-            return Err(Failure::precondition(format!(
-                "container {} is not running",
-                req.container_id
-            )));
-        }
-        let stdio = interactive::exec_stdio(&req, fds)?;
+        let lc_root = self.lc_root();
         self.exec_seq += 1;
+        let seq = self.exec_seq;
+        self.exec_target(&req.container_id)?;
+        let stdio = interactive::exec_stdio(&req, fds)?;
+        let target = self.exec_target(&req.container_id)?;
         let pid = exec::start_process(
-            &self.lc_root(),
+            target,
+            &lc_root,
             &req.container_id,
-            self.containers[ci].lc.bundle(),
-            self.exec_seq,
+            seq,
             req.args,
             req.tty,
             stdio,

@@ -1,13 +1,13 @@
-//! ExecSync: a command run in a running container with libcontainer's tenant builder,
-//! its output collected by the shim's poll loop. [`start_process`] is shared with
+//! ExecSync: a command run in a running container (joined by `setns_exec`), its output
+//! collected by the shim's poll loop. [`start_process`] is shared with
 //! interactive execs (`interactive`), which get the caller's stdio instead.
 //!
 //! The command gets the container's process settings (user, groups, capabilities,
 //! environment, working directory, rlimits, no_new_privileges, …): the spec's `process`
-//! with `args` replaced, handed to libcontainer as a process.json. It joins the
-//! container's namespaces and cgroup. The request stays pending while it runs; it is
-//! answered once the process has been reaped and its pipes reached EOF (or
-//! [`IO_GRACE`] after its exit, when a process it left behind holds them). When the
+//! with `args` replaced. It joins the container's namespaces and cgroups. The request
+//! stays pending while it runs; it is answered once the process has been reaped and its
+//! pipes reached EOF (or [`IO_GRACE`] after its exit, when a process it left behind holds
+//! them). When the
 //! timeout passes the process and its process group are killed with SIGKILL and the
 //! answer, once it is reaped, says `timed_out` with whatever output arrived.
 
@@ -20,11 +20,9 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-use oci_spec::runtime::Spec;
 
-use super::containers::{
-    Failure, OomScoreGuard, dev_null, error_chain, exit_code, pipe, set_nonblocking,
-};
+use super::containers::{Failure, OomScoreGuard, dev_null, exit_code, pipe, set_nonblocking};
+use super::setns_exec::{self, Target};
 use super::workload::BerthExecutor;
 use crate::proto::shim::ExecSyncResponse;
 
@@ -46,12 +44,11 @@ pub struct Exec {
     timed_out: bool,
 }
 
-/// Starts `args` in container `id` (whose libcontainer state is under `lc_root` and
-/// whose spec is in `bundle`).
+/// Starts `args` in container `id` (see [`start_process`]).
 pub fn spawn(
+    target: &Target,
     lc_root: &Path,
     id: &str,
-    bundle: &Path,
     conn: u64,
     seq: u64,
     args: Vec<String>,
@@ -72,9 +69,9 @@ pub fn spawn(
     let stdout = ends.pop().expect("two pipes");
     let stdin = dev_null(false).map_err(|e| internal("/dev/null", &e))?;
     let pid = start_process(
+        target,
         lc_root,
         id,
-        bundle,
         seq,
         args,
         false,
@@ -143,15 +140,16 @@ fn host_id(map: &str, id: u32) -> Option<u32> {
     })
 }
 
-/// Starts `args` in container `id` with libcontainer's tenant builder (ExecSync and
-/// interactive execs alike): the spec's process with `args`, the container's seccomp
-/// filter, `stdio` as its stdio. With `tty` (stdin is a terminal) TERM is `xterm`, as
-/// containerd sets it, and the terminal becomes the process's controlling terminal.
-/// The shim's copies of `stdio` are closed when this returns.
+/// Starts `args` in container `id` (ExecSync and interactive execs alike): the spec's
+/// process with `args`, the container's seccomp filter, `stdio` as its stdio. With `tty`
+/// (stdin is a terminal) TERM is `xterm`, as containerd sets it, and the terminal becomes
+/// the process's controlling terminal. It joins the container with `setns_exec`, or with
+/// libcontainer's tenant builder (container state under `lc_root`) when the process asks
+/// for what only that applies. The shim's copies of `stdio` are closed when this returns.
 pub fn start_process(
+    target: &Target,
     lc_root: &Path,
     id: &str,
-    bundle: &Path,
     seq: u64,
     args: Vec<String>,
     tty: bool,
@@ -163,9 +161,8 @@ pub fn start_process(
     let internal = |what: &str, e: &dyn std::fmt::Display| {
         Failure::internal(format!("exec in container {id}: {what}: {e}"))
     };
-    let spec = Spec::load(bundle.join("config.json"))
-        .map_err(|e| internal("load config.json", &error_chain(&e)))?;
-    let mut process = spec
+    let mut process = target
+        .spec
         .process()
         .clone()
         .ok_or_else(|| Failure::internal(format!("container {id}: the spec has no process")))?;
@@ -181,20 +178,13 @@ pub fn start_process(
         env.push("TERM=xterm".into());
         process.set_env(Some(env));
     }
-    if super::userns_exec::needed(&spec) {
-        // libcontainer's tenant builder cannot join a user namespace.
-        let init = libcontainer::container::Container::load(lc_root.join(id))
-            .ok()
-            .and_then(|c| c.pid())
-            .ok_or_else(|| Failure::internal(format!("container {id}: no init pid")))?;
-        let uid_map = std::fs::read_to_string(format!("/proc/{init}/uid_map")).ok();
-        give_stdio(uid_map.as_deref(), process.user().uid(), &stdio);
-        return super::userns_exec::spawn(init, &spec, &process, stdio, tty).map_err(|e| match e {
-            super::userns_exec::Error::Invalid(m) => Failure::invalid(m),
-            super::userns_exec::Error::Internal(m) => internal("user namespace", &m),
+    give_stdio(target.uid_map(), process.user().uid(), &stdio);
+    if !target.needs_tenant_builder(&process) {
+        return setns_exec::spawn(target, &process, stdio, tty).map_err(|e| match e {
+            setns_exec::Error::Invalid(m) => Failure::invalid(m),
+            setns_exec::Error::Internal(m) => internal("join the container", &m),
         });
     }
-    give_stdio(None, process.user().uid(), &stdio);
     let process_file = lc_root.join(id).join(format!("berth-exec-{seq}.json"));
     let json = serde_json::to_vec(&process).map_err(|e| internal("process.json", &e))?;
     std::fs::write(&process_file, json).map_err(|e| internal("write process.json", &e))?;
@@ -203,7 +193,11 @@ pub fn start_process(
         let _oom = OomScoreGuard::save();
         ContainerBuilder::new(id.to_string(), SyscallType::Linux)
             .with_executor(BerthExecutor {
-                seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+                seccomp: target
+                    .spec
+                    .linux()
+                    .as_ref()
+                    .and_then(|l| l.seccomp().clone()),
                 controlling_tty: tty,
             })
             .with_root_path(lc_root)
@@ -286,7 +280,7 @@ impl Exec {
         }
         if now >= d {
             self.timed_out = true;
-            // Its process group too (libcontainer made it a session leader): what a shell
+            // Its process group too (it leads a session of its own): what a shell
             // started goes with it.
             let _ = kill(Pid::from_raw(-self.pid.as_raw()), Signal::SIGKILL);
             let _ = kill(self.pid, Signal::SIGKILL);

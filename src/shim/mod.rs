@@ -2,7 +2,8 @@
 //!
 //! - `server`: the shim process itself (single-threaded, no async runtime), with `init`
 //!   (its fork code and the pod's PID 1) and `sysctl` (which pod sysctls are allowed);
-//! - `containers`: the pod's containers with youki's libcontainer, `exec` (ExecSync),
+//! - `containers`: the pod's containers with youki's libcontainer, `exec` (ExecSync; its
+//!   processes join the container with `setns_exec`),
 //!   `interactive` (interactive exec and attach, with `fdpass` moving their fds),
 //!   `workload` (what runs in a container's process before its program), `logs` (the CRI
 //!   log format), `exits` (exit records on disk, which berthd reads too), `memory` (giving memory back
@@ -28,8 +29,8 @@ mod interactive;
 pub mod logs;
 pub mod memory;
 pub mod server;
+mod setns_exec;
 pub mod sysctl;
-mod userns_exec;
 mod workload;
 
 pub use client::{Error, ShimClient, shim_alive, spawn};

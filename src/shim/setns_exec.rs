@@ -1,23 +1,30 @@
-//! Exec into a container of a user-namespaced pod.
+//! Exec into a running container by joining it, as runc's setns path does, for every
+//! container: libcontainer 0.7's tenant builder re-reads the container's state and spec,
+//! walks procfs with hundreds of checked lookups and forks through its own channels on
+//! every exec (most of ExecSync's time), and cannot join a user namespace at all (its
+//! fixed namespace list has no `user`: its exec would run as the host's root inside the
+//! container's mounts). What an exec needs of its container is read once into a
+//! [`Target`]; each exec then goes, in runc's order:
 //!
-//! libcontainer 0.7's tenant builder joins a container's namespaces from a fixed list that
-//! has no `user`: its exec would run as the host's root inside the container's mounts. So
-//! for such containers the shim does what runc's setns path does, in runc's order:
-//!
-//! 1. a fork of the shim (still the host's root) sets the container's rlimits and
-//!    `oom_score_adj`, is put into the container's cgroups by the shim, joins the container's user
-//!    namespace first, then its other namespaces (all owned by that user namespace);
+//! 1. a fork of the shim (still the host's root, no longer dumpable) sets the container's
+//!    rlimits and `oom_score_adj`, is put into the container's cgroups by the shim, joins
+//!    the container's user namespace first (if it has one), then its other namespaces;
 //! 2. it clones the process proper with `CLONE_PARENT` (so the shim is its parent and
 //!    reaps it; in the container's PID namespace), reports its pid and exits;
-//! 3. the process takes its stdio, the container's credentials, capabilities,
-//!    no_new_privs, environment and working directory, then [`BerthExecutor`] loads the
-//!    seccomp filter and execs. A failure before `execve` comes back on a close-on-exec
-//!    pipe with the message the tenant builder path would give.
+//! 3. the process becomes a session leader, takes its stdio, working directory, the
+//!    container's credentials, capabilities, no_new_privs and environment (HOME from the
+//!    container's /etc/passwd when the spec has none, as libcontainer does), then
+//!    [`BerthExecutor`] loads the seccomp filter and execs. A failure before `execve`
+//!    comes back on a close-on-exec pipe with the message the tenant builder would give.
+//!
+//! Settings this path does not apply (an AppArmor profile, an SELinux label, I/O priority,
+//! scheduler, exec CPU affinity, personality) send the exec to the tenant builder instead
+//! ([`Target::needs_tenant_builder`]); berth's specs set none of them.
 
 use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use caps::{CapSet, Capability};
 use libcontainer::workload::Executor;
@@ -31,19 +38,69 @@ use super::exec::Stdio;
 use super::init;
 use super::workload::{BerthExecutor, EXEC_ERROR, find_executable};
 
-/// Whether the container's spec gives it a user namespace (then exec goes through here).
-pub fn needed(spec: &Spec) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::User))
+/// Why an exec could not start: the caller's fault (a missing command) or not.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Internal(String),
 }
 
-/// Why an exec could not start: the caller's fault (a missing command) or not.
-#[derive(Debug)]
-pub enum Error {
-    Invalid(String),
-    Internal(String),
+/// What an exec needs of a running container, read at its first exec and kept while its
+/// init runs (nothing of it changes meanwhile).
+pub struct Target {
+    /// The container's spec (its `config.json`), parsed once instead of per exec.
+    pub spec: Spec,
+    /// The container's init, whose namespaces and cgroups an exec joins.
+    pub init: Pid,
+    namespaces: Vec<(&'static str, CloneFlags)>,
+    /// `cgroup.procs` of the init's cgroups.
+    cgroups: Vec<PathBuf>,
+    /// The init's `/proc/PID/uid_map` when the container has a user namespace.
+    uid_map: Option<String>,
+}
+
+impl Target {
+    /// Reads the spec in `bundle` and what the container's `init` is in.
+    pub fn load(bundle: &Path, init: Pid) -> Result<Target, String> {
+        let spec =
+            Spec::load(bundle.join("config.json")).map_err(|e| format!("load config.json: {e}"))?;
+        let namespaces = namespaces(&spec);
+        let uid_map = if namespaces.iter().any(|(n, _)| *n == "user") {
+            let path = format!("/proc/{init}/uid_map");
+            Some(std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?)
+        } else {
+            None
+        };
+        Ok(Target {
+            cgroups: cgroup_procs(init).map_err(|e| format!("cgroups: {e}"))?,
+            spec,
+            init,
+            namespaces,
+            uid_map,
+        })
+    }
+
+    pub fn uid_map(&self) -> Option<&str> {
+        self.uid_map.as_deref()
+    }
+
+    /// Whether `process` asks for what only libcontainer's tenant builder applies (see the
+    /// module's doc). Never with a user namespace, which the tenant builder cannot join.
+    pub fn needs_tenant_builder(&self, process: &Process) -> bool {
+        self.uid_map.is_none()
+            && (process.apparmor_profile().is_some()
+                || process.selinux_label().is_some()
+                || process.io_priority().is_some()
+                || process.scheduler().is_some()
+                || process.exec_cpu_affinity().is_some()
+                || self
+                    .spec
+                    .linux()
+                    .as_ref()
+                    .is_some_and(|l| l.personality().is_some()))
+    }
 }
 
 /// The `/proc/<init>/ns/` names to join, user first, mount last.
@@ -62,6 +119,11 @@ fn namespaces(spec: &Spec) -> Vec<(&'static str, CloneFlags)> {
         (T::Network, "net", CloneFlags::CLONE_NEWNET),
         (T::Pid, "pid", CloneFlags::CLONE_NEWPID),
         (T::Cgroup, "cgroup", CloneFlags::CLONE_NEWCGROUP),
+        (
+            T::Time,
+            "time",
+            CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
+        ),
         (T::Mount, "mnt", CloneFlags::CLONE_NEWNS),
     ]
     .into_iter()
@@ -103,23 +165,22 @@ fn cgroup_procs(pid: Pid) -> Result<Vec<PathBuf>, String> {
 }
 
 /// Starts `process` (the container's process settings with the exec's args) in the
-/// container whose init is `init`, with `stdio`; with `tty` stdin is a terminal that
-/// becomes its controlling terminal. Returns the new process's pid: the caller's child.
-pub fn spawn(
-    init: Pid,
-    spec: &Spec,
-    process: &Process,
-    stdio: Stdio,
-    tty: bool,
-) -> Result<Pid, Error> {
+/// container `target`, with `stdio`; with `tty` stdin is a terminal that becomes its
+/// controlling terminal. Returns the new process's pid: the caller's child.
+pub fn spawn(target: &Target, process: &Process, stdio: Stdio, tty: bool) -> Result<Pid, Error> {
     let internal = |what: &str, e: &dyn std::fmt::Display| Error::Internal(format!("{what}: {e}"));
-    let mut ns_files = Vec::new();
-    for (name, flag) in namespaces(spec) {
+    let init = target.init;
+    let mut ns_files = Vec::with_capacity(target.namespaces.len());
+    for (name, flag) in &target.namespaces {
         let path = format!("/proc/{init}/ns/{name}");
         let f = std::fs::File::open(&path).map_err(|e| internal(&path, &e))?;
-        ns_files.push((f, flag));
+        ns_files.push((f, *flag));
     }
-    let cgroups = cgroup_procs(init).map_err(|e| internal("cgroups", &e))?;
+    let seccomp = target
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref());
     // go: the shim has put the fork into the cgroups. report: the process's pid.
     // errors: what failed before execve (close-on-exec: EOF means it ran).
     let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| internal("pipe", &e))?;
@@ -129,7 +190,15 @@ pub fn spawn(
     match init::fork().map_err(|e| internal("fork", &e))? {
         ForkResult::Child => {
             drop((go_w, rep_r, err_r));
-            let code = match joiner((go_r, rep_w), &err_w, ns_files, spec, process, stdio, tty) {
+            let code = match joiner(
+                (go_r, rep_w),
+                &err_w,
+                ns_files,
+                seccomp,
+                process,
+                stdio,
+                tty,
+            ) {
                 Ok(()) => 0,
                 Err(e) => {
                     report(&err_w, &e);
@@ -141,7 +210,7 @@ pub fn spawn(
         ForkResult::Parent { child } => {
             drop((go_r, rep_w, err_w, stdio));
             drop(ns_files);
-            let joined = cgroups.iter().try_for_each(|f| {
+            let joined = target.cgroups.iter().try_for_each(|f| {
                 std::fs::write(f, child.as_raw().to_string())
                     .map_err(|e| internal(&format!("join {}", f.display()), &e))
             });
@@ -180,11 +249,14 @@ fn joiner(
     (go_r, rep_w): (OwnedFd, OwnedFd),
     err_w: &OwnedFd,
     ns_files: Vec<(std::fs::File, CloneFlags)>,
-    spec: &Spec,
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
     process: &Process,
     stdio: Stdio,
     tty: bool,
 ) -> Result<(), String> {
+    // Nothing in the container may ptrace this copy of the shim (its memory, its fds) once
+    // it is in the container's PID namespace; execve makes the program dumpable again.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("dumpable: {e}"))?;
     let mut b = [0u8; 1];
     if !matches!(nix::unistd::read(go_r.as_raw_fd(), &mut b), Ok(1)) {
         return Err("the shim did not put the exec into the container's cgroups".into());
@@ -208,7 +280,7 @@ fn joiner(
     match init::clone_fork(libc::CLONE_PARENT as libc::c_ulong)? {
         0 => {
             drop(rep_w);
-            let e = exec_process(spec, process, stdio, tty);
+            let e = exec_process(seccomp, process, stdio, tty);
             report(err_w, &e);
             init::exit_now(127)
         }
@@ -220,16 +292,21 @@ fn joiner(
 }
 
 /// In the container's namespaces: becomes the process, or says why not.
-fn exec_process(spec: &Spec, process: &Process, stdio: Stdio, tty: bool) -> String {
-    match prepare(process, stdio, tty) {
-        Ok(()) => {}
-        Err(e) => return e,
+fn exec_process(
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    process: &Process,
+    stdio: Stdio,
+    tty: bool,
+) -> String {
+    if let Err(e) = prepare(process, stdio) {
+        return e;
     }
-    let mut spec = spec.clone();
+    // The executor reads only the process (its args) of the spec it is given.
+    let mut spec = Spec::default();
     spec.set_process(Some(process.clone()));
     let executor = BerthExecutor {
-        seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
-        ..Default::default()
+        seccomp: seccomp.cloned(),
+        controlling_tty: tty,
     };
     match executor.exec(&spec) {
         Ok(()) => "exec returned".into(),
@@ -243,7 +320,10 @@ fn dup_to(fd: &OwnedFd, to: RawFd) -> Result<(), String> {
 }
 
 #[allow(unsafe_code)]
-fn prepare(process: &Process, stdio: Stdio, tty: bool) -> Result<(), String> {
+fn prepare(process: &Process, stdio: Stdio) -> Result<(), String> {
+    // A session (and process group) of its own, as libcontainer and runc make it: a
+    // timed-out exec is killed with its process group.
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     dup_to(&stdio.stdin, 0)?;
     dup_to(&stdio.stdout, 1)?;
     dup_to(&stdio.stderr, 2)?;
@@ -260,17 +340,15 @@ fn prepare(process: &Process, stdio: Stdio, tty: bool) -> Result<(), String> {
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
-    if tty {
-        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-        // SAFETY: TIOCSCTTY takes an integer argument, no pointer.
-        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-            return Err(format!(
-                "make the tty the controlling terminal: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
 
+    // Before the credentials change (root may enter what the user may not), and again
+    // after it when root may not (a root-squashing mount), as libcontainer and runc do.
+    let cwd = process.cwd();
+    let chdir_later = match nix::unistd::chdir(cwd) {
+        Ok(()) => false,
+        Err(nix::errno::Errno::EPERM | nix::errno::Errno::EACCES) => true,
+        Err(e) => return Err(format!("chdir {cwd:?}: {e}")),
+    };
     let user = process.user();
     nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("keepcaps: {e}"))?;
     let groups: Vec<Gid> = user
@@ -290,6 +368,9 @@ fn prepare(process: &Process, stdio: Stdio, tty: bool) -> Result<(), String> {
     if process.no_new_privileges() == Some(true) {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     }
+    if chdir_later {
+        nix::unistd::chdir(cwd).map_err(|e| format!("chdir {cwd:?}: {e}"))?;
+    }
 
     // The process's environment replaces the shim's (execvp then searches its PATH).
     let vars: Vec<std::ffi::OsString> = std::env::vars_os().map(|(k, _)| k).collect();
@@ -305,7 +386,14 @@ fn prepare(process: &Process, stdio: Stdio, tty: bool) -> Result<(), String> {
             unsafe { std::env::set_var(k, v) };
         }
     }
-    nix::unistd::chdir(process.cwd()).map_err(|e| format!("chdir {:?}: {e}", process.cwd()))?;
+    if std::env::var_os("HOME").is_none_or(|h| h.is_empty())
+        && let Some(home) = std::fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|p| passwd_home(&p, user.uid()))
+    {
+        // SAFETY: this forked process has a single thread.
+        unsafe { std::env::set_var("HOME", home) };
+    }
     let cmd = process
         .args()
         .as_ref()
@@ -325,6 +413,14 @@ fn prepare(process: &Process, stdio: Stdio, tty: bool) -> Result<(), String> {
         CString::new(a.as_bytes()).map_err(|_| format!("argument {a:?} contains NUL"))?;
     }
     Ok(())
+}
+
+/// The home directory of `uid` in an `/etc/passwd` (`name:pw:uid:gid:gecos:dir:shell`).
+fn passwd_home(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && f[2].parse() == Ok(uid) && !f[5].is_empty()).then(|| f[5].to_string())
+    })
 }
 
 /// `CAP_NET_BIND_SERVICE`: oci-spec displays its capabilities without the prefix.
@@ -348,6 +444,12 @@ fn set_capabilities(process: &Process) -> Result<(), String> {
             .filter_map(|c| cap_name(c).parse::<Capability>().ok())
             .collect::<caps::CapsHashSet>()
     };
+    // A uid change cleared the effective set (keepcaps kept the permitted one): dropping
+    // from the bounding set needs CAP_SETPCAP effective again, as in libcontainer.
+    let permitted =
+        caps::read(None, CapSet::Permitted).map_err(|e| format!("capabilities: {e}"))?;
+    caps::set(None, CapSet::Effective, &permitted)
+        .map_err(|e| format!("capabilities Effective: {e}"))?;
     let bounding = set(c.bounding());
     for cap in caps::all() {
         if !bounding.contains(&cap) {
@@ -387,10 +489,21 @@ mod tests {
     fn user_first_mount_last_and_only_what_the_spec_lists() {
         use LinuxNamespaceType as T;
         let s = spec(&[T::Mount, T::Network, T::User, T::Pid]);
-        assert!(needed(&s));
         let names: Vec<&str> = namespaces(&s).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["user", "net", "pid", "mnt"]);
-        assert!(!needed(&spec(&[T::Mount, T::Pid])));
+        let names: Vec<&str> = namespaces(&spec(&[T::Mount, T::Pid]))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["pid", "mnt"]);
+    }
+
+    #[test]
+    fn home_from_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/nonexistent:/bin/false\nweird\nu:x:1000:1000::/home/u:/bin/sh\n";
+        assert_eq!(passwd_home(passwd, 0).as_deref(), Some("/root"));
+        assert_eq!(passwd_home(passwd, 1000).as_deref(), Some("/home/u"));
+        assert_eq!(passwd_home(passwd, 42), None);
     }
 
     #[test]
