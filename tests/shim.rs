@@ -207,10 +207,23 @@ async fn pod_namespaces_hostname_sysctls_init_and_shutdown() {
     );
 
     let ns = namespaces::ns_paths(&pod.state);
-    // The user namespace is pinned only for user-namespaced pods.
-    for kind in Namespace::ALL.into_iter().filter(|k| *k != Namespace::User) {
-        assert!(namespaces::is_pinned(ns.get(kind)), "{kind:?} not pinned");
+    // Only the network namespace is pinned (one host mount per pod); IPC and UTS are links
+    // to the shim's, PID to the init's; the user namespace is only for user-namespaced pods.
+    assert!(namespaces::is_pinned(&ns.net));
+    assert_eq!(pod.mounts().len(), 1, "{:?}", pod.mounts());
+    let init = pod.client().ping().await.unwrap().init_pid;
+    for (kind, owner) in [
+        (Namespace::Ipc, pid),
+        (Namespace::Uts, pid),
+        (Namespace::Pid, init),
+    ] {
+        assert!(namespaces::is_linked(ns.get(kind)), "{kind:?} not linked");
+        assert_eq!(
+            std::fs::read_link(ns.get(kind)).unwrap(),
+            PathBuf::from(format!("/proc/{owner}/ns/{}", kind.name()))
+        );
     }
+    assert!(!ns.user.exists());
     let lo = nsenter("net", &ns.net, &["ip", "-o", "link", "show", "lo"]);
     assert!(lo.contains("UP"), "{lo}");
     assert_eq!(nsenter("uts", &ns.uts, &["hostname"]), "berth-test-pod");
@@ -335,7 +348,7 @@ async fn host_namespaces_pin_nothing() {
     pod.assert_nothing_left();
 }
 
-/// A shim killed with SIGKILL leaves its pins (berthd unpins them with `unpin_all`); the
+/// A shim killed with SIGKILL leaves its pin and links (berthd removes them with `unpin_all`); the
 /// pod init dies with it (PR_SET_PDEATHSIG), so the pod's PID namespace is torn down.
 #[tokio::test]
 async fn killed_shim_leaves_pins_for_unpin_all() {
@@ -358,9 +371,15 @@ async fn killed_shim_leaves_pins_for_unpin_all() {
     ));
 
     let ns = namespaces::ns_paths(&pod.state);
-    // The user namespace is pinned only for user-namespaced pods.
-    for kind in Namespace::ALL.into_iter().filter(|k| *k != Namespace::User) {
-        assert!(namespaces::is_pinned(ns.get(kind)), "{kind:?} not pinned");
+    assert!(namespaces::is_pinned(&ns.net));
+    // The links to the dead shim and init lead nowhere (and are never followed).
+    for kind in [Namespace::Ipc, Namespace::Uts, Namespace::Pid] {
+        assert!(!namespaces::is_pinned(ns.get(kind)), "{kind:?} pinned");
+        assert!(
+            !namespaces::is_linked(ns.get(kind)),
+            "{kind:?} still leads somewhere"
+        );
+        assert!(std::fs::symlink_metadata(ns.get(kind)).is_ok(), "{kind:?}");
     }
     // The network namespace outlives the shim.
     let lo = nsenter("net", &ns.net, &["ip", "-o", "link", "show", "lo"]);
@@ -368,7 +387,10 @@ async fn killed_shim_leaves_pins_for_unpin_all() {
 
     namespaces::unpin_all(&pod.state).unwrap();
     for kind in Namespace::ALL {
-        assert!(!ns.get(kind).exists(), "{kind:?} pin left");
+        assert!(
+            std::fs::symlink_metadata(ns.get(kind)).is_err(),
+            "{kind:?} pin or link left"
+        );
     }
     namespaces::unpin_all(&pod.state).unwrap();
     pod.assert_nothing_left();
@@ -406,6 +428,10 @@ async fn init_death_is_reported() {
     assert!(wait_gone(init, Duration::from_secs(5)), "init not reaped");
     let ping = pod.client().ping().await.unwrap();
     assert_eq!((ping.pid, ping.init_pid), (pid, 0));
+    // Its pid may be reused now: the link to its PID namespace went with it.
+    let ns = namespaces::ns_paths(&pod.state);
+    assert!(std::fs::symlink_metadata(&ns.pid).is_err(), "PID link left");
+    assert!(namespaces::is_linked(&ns.ipc));
     assert!(pod.log().contains("exited unexpectedly"), "{}", pod.log());
     pod.client().shutdown(Duration::from_secs(1)).await.unwrap();
     assert!(wait_gone(pid, Duration::from_secs(5)));

@@ -2,16 +2,16 @@
 //!
 //! berthd runs `berth-shim` with a length-delimited [`SandboxConfig`] on stdin. The process
 //! forks; the child detaches (own session, subreaper, stdio to `<state_dir>/shim.log`),
-//! makes and pins the pod's namespaces, starts the pod init when the pod has its own PID
-//! namespace, listens on `<state_dir>/shim.sock` and writes `<state_dir>/shim.pid`, then
+//! makes the pod's namespaces and pins or links them (`sandbox::namespaces`), starts the pod
+//! init when the pod has its own PID namespace, listens on `<state_dir>/shim.sock` and writes `<state_dir>/shim.pid`, then
 //! reports ready through a pipe. The parent prints the child's pid and exits 0 (or prints
 //! the child's error and exits 1), so berthd knows the shim is serving once its own child
 //! has exited, and the shim is not berthd's child.
 //!
 //! With a PID namespace of its own the pod's init is PID 1 of it, and the shim returns to
 //! its own namespace afterwards: libcontainer's processes must see host pids, and
-//! containers join the pod's namespace through its pin (`<state_dir>/ns/pid`) in their
-//! spec.
+//! containers join the pod's namespace through `<state_dir>/ns/pid` in their spec: a link
+//! to the init's, removed when the shim reaps the init (a pin in a user-namespaced pod).
 //!
 //! The shim is one thread with no async runtime: a `poll` loop over the listener, its
 //! connections, a signalfd (SIGCHLD: reap everything, as the subreaper; SIGTERM/SIGINT:
@@ -25,7 +25,7 @@
 //! (what the socket does not take waits for POLLOUT); a subscriber that leaves 1 MiB
 //! unread is dropped. Shutdown (request or signal) stops the containers (SIGTERM, then
 //! SIGKILL to their cgroups after the timeout), reaps them, deletes them with
-//! libcontainer, unpins the namespaces, answers and exits. After container work the loop
+//! libcontainer, unpins and unlinks the namespaces, answers and exits. After container work the loop
 //! gives memory back once idle (`memory::trim`).
 
 use std::io::{Read, Write};
@@ -622,25 +622,28 @@ impl Shim {
             std::fs::write(path, value.as_bytes())
                 .map_err(|e| format!("sysctl {key}={value:?}: {e}"))?;
         }
+        let userns = self.plan.userns.is_some();
         for &ns in &self.plan.own {
-            namespaces::pin_own(&dir, ns).map_err(|e| e.to_string())?;
+            if ns.needs_pin(userns) {
+                namespaces::pin_own(&dir, ns).map_err(|e| e.to_string())?;
+            } else {
+                // The shim is in them and owns them: they end when it does.
+                namespaces::link(&dir, ns, std::process::id()).map_err(|e| e.to_string())?;
+            }
         }
-        if self.plan.pid_ns && self.plan.userns.is_none() {
+        if self.plan.pid_ns && !userns {
             // The shim's own PID namespace, to return to once the init is made: the
             // processes libcontainer forks for containers and execs must see host pids
             // (it reports the pids its intermediate process sees), and containers join
-            // the pod's namespace through its pin, as the spec says.
+            // the pod's namespace through its link to the init, as the spec says.
             let host_pid_ns = std::fs::File::open("/proc/self/ns/pid")
                 .map_err(|e| format!("open /proc/self/ns/pid: {e}"))?;
             namespaces::unshare(&[Namespace::Pid]).map_err(|e| e.to_string())?;
             let init = init::spawn()?;
             let pid = init.pid;
             self.init = Some(init);
-            namespaces::pin(
-                &PathBuf::from(format!("/proc/{pid}/ns/pid")),
-                &namespaces::ns_paths(&dir).pid,
-            )
-            .map_err(|e| e.to_string())?;
+            namespaces::link(&dir, Namespace::Pid, pid.as_raw() as u32)
+                .map_err(|e| e.to_string())?;
             nix::sched::setns(host_pid_ns, nix::sched::CloneFlags::CLONE_NEWPID)
                 .map_err(|e| format!("setns back to the shim's PID namespace: {e}"))?;
         }
@@ -689,7 +692,7 @@ impl Shim {
         self.release();
     }
 
-    /// Unpins the namespaces and removes the socket and pid file.
+    /// Unpins and unlinks the namespaces and removes the socket and pid file.
     fn release(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
         if let Err(e) = namespaces::unpin_all(&self.plan.state_dir) {
@@ -868,6 +871,11 @@ impl Shim {
                             );
                         }
                         self.init = None;
+                        // Its pid is free for reuse from now on: the link must go (a pin,
+                        // in a user-namespaced pod, stays until shutdown).
+                        if let Err(e) = namespaces::unlink(&self.plan.state_dir, Namespace::Pid) {
+                            log!("pod {}: {e}", self.pod_id);
+                        }
                     } else if !self.rt.on_exit(pid, &status) && self.stopping.is_none() {
                         log!("pod {}: reaped {status:?}", self.pod_id);
                     }
