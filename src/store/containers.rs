@@ -88,37 +88,43 @@ pub fn name_key(pod_id: &str, name: &str, attempt: u32) -> String {
 impl Db {
     /// Inserts a new container unless its name is taken in its pod; returns the holder.
     pub fn insert_container(&self, c: &ContainerRecord) -> Result<Option<String>> {
-        let tx = self.write()?;
-        {
-            let mut names = tx.open_table(CONTAINER_NAMES)?;
-            let key = c.name_key();
-            if let Some(existing) = names.get(key.as_str())? {
-                return Ok(Some(existing.value().to_string()));
+        super::blocking(|| {
+            let tx = self.write()?;
+            {
+                let mut names = tx.open_table(CONTAINER_NAMES)?;
+                let key = c.name_key();
+                if let Some(existing) = names.get(key.as_str())? {
+                    return Ok(Some(existing.value().to_string()));
+                }
+                names.insert(key.as_str(), c.id.as_str())?;
+                tx.open_table(CONTAINERS)?
+                    .insert(c.id.as_str(), encode(c).as_slice())?;
             }
-            names.insert(key.as_str(), c.id.as_str())?;
-            tx.open_table(CONTAINERS)?
-                .insert(c.id.as_str(), encode(c).as_slice())?;
-        }
-        tx.commit()?;
-        Ok(None)
+            tx.commit()?;
+            Ok(None)
+        })
     }
 
     pub fn update_container(&self, c: &ContainerRecord) -> Result<()> {
-        let tx = self.write()?;
-        tx.open_table(CONTAINERS)?
-            .insert(c.id.as_str(), encode(c).as_slice())?;
-        tx.commit()?;
-        Ok(())
+        super::blocking(|| {
+            let tx = self.write()?;
+            tx.open_table(CONTAINERS)?
+                .insert(c.id.as_str(), encode(c).as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// As [`Db::update_container`], but not flushed to disk until the next durable commit:
     /// for state the shim can tell again after a crash (a started container's Running).
     pub fn update_container_lazily(&self, c: &ContainerRecord) -> Result<()> {
-        let tx = self.write_lazily()?;
-        tx.open_table(CONTAINERS)?
-            .insert(c.id.as_str(), encode(c).as_slice())?;
-        tx.commit()?;
-        Ok(())
+        super::blocking(|| {
+            let tx = self.write_lazily()?;
+            tx.open_table(CONTAINERS)?
+                .insert(c.id.as_str(), encode(c).as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     pub fn container(&self, id: &str) -> Result<Option<ContainerRecord>> {
@@ -142,21 +148,23 @@ impl Db {
     }
 
     pub fn delete_container(&self, id: &str) -> Result<()> {
-        let tx = self.write()?;
-        {
-            let mut t = tx.open_table(CONTAINERS)?;
-            let old = t.remove(id)?.map(|v| v.value().to_vec());
-            if let Some(bytes) = old {
-                let c: ContainerRecord = decode("containers", id, &bytes)?;
-                let mut names = tx.open_table(CONTAINER_NAMES)?;
-                let key = c.name_key();
-                let owned = names.get(key.as_str())?.is_some_and(|v| v.value() == id);
-                if owned {
-                    names.remove(key.as_str())?;
+        super::blocking(|| {
+            let tx = self.write()?;
+            {
+                let mut t = tx.open_table(CONTAINERS)?;
+                let old = t.remove(id)?.map(|v| v.value().to_vec());
+                if let Some(bytes) = old {
+                    let c: ContainerRecord = decode("containers", id, &bytes)?;
+                    let mut names = tx.open_table(CONTAINER_NAMES)?;
+                    let key = c.name_key();
+                    let owned = names.get(key.as_str())?.is_some_and(|v| v.value() == id);
+                    if owned {
+                        names.remove(key.as_str())?;
+                    }
                 }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 }

@@ -162,35 +162,39 @@ impl Db {
     /// Removes an image and all its names, and the layer records that no remaining image
     /// references and that are not in `keep` (layers an in-flight pull is using).
     pub fn remove_image(&self, id: &str, keep: &HashSet<String>) -> Result<Option<Removed>> {
-        let tx = self.write()?;
-        let removed = {
-            let mut it = tx.open_table(IMAGES)?;
-            let Some(bytes) = it.remove(id)?.map(|v| v.value().to_vec()) else {
-                return Ok(None);
+        super::blocking(|| {
+            let tx = self.write()?;
+            let removed = {
+                let mut it = tx.open_table(IMAGES)?;
+                let Some(bytes) = it.remove(id)?.map(|v| v.value().to_vec()) else {
+                    return Ok(None);
+                };
+                let image: ImageRecord = decode("images", id, &bytes)?;
+                let mut nt = tx.open_table(NAMES)?;
+                for name in image.repo_tags.iter().chain(&image.repo_digests) {
+                    nt.remove(name.as_str())?;
+                }
+                let layers = free_layers(&tx, &it, keep)?;
+                Removed { image, layers }
             };
-            let image: ImageRecord = decode("images", id, &bytes)?;
-            let mut nt = tx.open_table(NAMES)?;
-            for name in image.repo_tags.iter().chain(&image.repo_digests) {
-                nt.remove(name.as_str())?;
-            }
-            let layers = free_layers(&tx, &it, keep)?;
-            Removed { image, layers }
-        };
-        tx.commit()?;
-        Ok(Some(removed))
+            tx.commit()?;
+            Ok(Some(removed))
+        })
     }
 
     /// Drops layer records that no image or container references and that are not in
     /// `keep`: start-up clean-up after a crash between unpacking and committing an image,
     /// and the layers of removed images that a removed container held last.
     pub fn collect_layers(&self, keep: &HashSet<String>) -> Result<Vec<LayerRecord>> {
-        let tx = self.write()?;
-        let freed = {
-            let it = tx.open_table(IMAGES)?;
-            free_layers(&tx, &it, keep)?
-        };
-        tx.commit()?;
-        Ok(freed)
+        super::blocking(|| {
+            let tx = self.write()?;
+            let freed = {
+                let it = tx.open_table(IMAGES)?;
+                free_layers(&tx, &it, keep)?
+            };
+            tx.commit()?;
+            Ok(freed)
+        })
     }
 }
 

@@ -46,7 +46,8 @@ from_redb!(
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// The daemon's metadata store. Cheap to share behind an `Arc`; every method is a short
-/// transaction, so callers on the async runtime may call it directly.
+/// transaction, so callers on the async runtime may call it directly (writes step aside
+/// from the runtime themselves, see [`blocking`]).
 pub struct Db {
     db: redb::Database,
 }
@@ -86,6 +87,18 @@ impl Db {
 
     pub(crate) fn read(&self) -> Result<redb::ReadTransaction> {
         Ok(self.db.begin_read()?)
+    }
+}
+
+/// Runs a write where the async runtime can hand this worker's other tasks to another
+/// thread: a write waits for redb's single writer and, when durable, for fsync, and under
+/// a burst of RPCs (`crictl rmp -fa` on hundreds of pods) commits on both worker threads
+/// starved every other RPC for seconds.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

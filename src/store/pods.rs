@@ -20,37 +20,43 @@ pub(super) fn create_tables(tx: &WriteTransaction) -> Result<()> {
 impl Db {
     /// Inserts a new pod unless its name is taken; returns the id holding the name then.
     pub fn insert_pod(&self, pod: &PodRecord) -> Result<Option<String>> {
-        let tx = self.write()?;
-        {
-            let mut names = tx.open_table(POD_NAMES)?;
-            let key = pod.name_key();
-            if let Some(existing) = names.get(key.as_str())? {
-                return Ok(Some(existing.value().to_string()));
+        super::blocking(|| {
+            let tx = self.write()?;
+            {
+                let mut names = tx.open_table(POD_NAMES)?;
+                let key = pod.name_key();
+                if let Some(existing) = names.get(key.as_str())? {
+                    return Ok(Some(existing.value().to_string()));
+                }
+                names.insert(key.as_str(), pod.id.as_str())?;
+                tx.open_table(PODS)?
+                    .insert(pod.id.as_str(), encode(pod).as_slice())?;
             }
-            names.insert(key.as_str(), pod.id.as_str())?;
-            tx.open_table(PODS)?
-                .insert(pod.id.as_str(), encode(pod).as_slice())?;
-        }
-        tx.commit()?;
-        Ok(None)
+            tx.commit()?;
+            Ok(None)
+        })
     }
 
     pub fn update_pod(&self, pod: &PodRecord) -> Result<()> {
-        let tx = self.write()?;
-        tx.open_table(PODS)?
-            .insert(pod.id.as_str(), encode(pod).as_slice())?;
-        tx.commit()?;
-        Ok(())
+        super::blocking(|| {
+            let tx = self.write()?;
+            tx.open_table(PODS)?
+                .insert(pod.id.as_str(), encode(pod).as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// As [`Db::update_pod`], but not flushed to disk until the next durable commit: for a
     /// stopped pod, whose stop is repeated (idempotently) if a crash loses it.
     pub fn update_pod_lazily(&self, pod: &PodRecord) -> Result<()> {
-        let tx = self.write_lazily()?;
-        tx.open_table(PODS)?
-            .insert(pod.id.as_str(), encode(pod).as_slice())?;
-        tx.commit()?;
-        Ok(())
+        super::blocking(|| {
+            let tx = self.write_lazily()?;
+            tx.open_table(PODS)?
+                .insert(pod.id.as_str(), encode(pod).as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     pub fn pod(&self, id: &str) -> Result<Option<PodRecord>> {
@@ -74,15 +80,17 @@ impl Db {
     }
 
     pub fn add_cgroups(&self, dirs: &[String]) -> Result<()> {
-        let tx = self.write()?;
-        {
-            let mut t = tx.open_table(CGROUPS)?;
-            for d in dirs {
-                t.insert(d.as_str(), ())?;
+        super::blocking(|| {
+            let tx = self.write()?;
+            {
+                let mut t = tx.open_table(CGROUPS)?;
+                for d in dirs {
+                    t.insert(d.as_str(), ())?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     pub fn cgroups_created(&self) -> Result<Vec<String>> {
@@ -96,33 +104,37 @@ impl Db {
     }
 
     pub fn forget_cgroups(&self, dirs: &[String]) -> Result<()> {
-        let tx = self.write()?;
-        {
-            let mut t = tx.open_table(CGROUPS)?;
-            for d in dirs {
-                t.remove(d.as_str())?;
+        super::blocking(|| {
+            let tx = self.write()?;
+            {
+                let mut t = tx.open_table(CGROUPS)?;
+                for d in dirs {
+                    t.remove(d.as_str())?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     pub fn delete_pod(&self, id: &str) -> Result<()> {
-        let tx = self.write()?;
-        {
-            let mut pods = tx.open_table(PODS)?;
-            let old = pods.remove(id)?.map(|v| v.value().to_vec());
-            if let Some(bytes) = old {
-                let pod: PodRecord = decode("pods", id, &bytes)?;
-                let mut names = tx.open_table(POD_NAMES)?;
-                let key = pod.name_key();
-                let owned = names.get(key.as_str())?.is_some_and(|v| v.value() == id);
-                if owned {
-                    names.remove(key.as_str())?;
+        super::blocking(|| {
+            let tx = self.write()?;
+            {
+                let mut pods = tx.open_table(PODS)?;
+                let old = pods.remove(id)?.map(|v| v.value().to_vec());
+                if let Some(bytes) = old {
+                    let pod: PodRecord = decode("pods", id, &bytes)?;
+                    let mut names = tx.open_table(POD_NAMES)?;
+                    let key = pod.name_key();
+                    let owned = names.get(key.as_str())?.is_some_and(|v| v.value() == id);
+                    if owned {
+                        names.remove(key.as_str())?;
+                    }
                 }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 }
