@@ -26,6 +26,7 @@
 //! | `berth-test/truncated:latest` | Docker schema2 | layer 2 is a gzip stream cut in the middle; its digest and size in the manifest match the cut bytes, so the registry serves it and only decompression fails |
 //! | `berth-test/badblob:latest` | Docker schema2 | valid; its **last** layer (unique to this image) is the one a test tampers with on disk (`Registry::corrupt_blob`, which keeps the gzip stream decodable so that only digest verification can catch it) |
 //! | `berth-test/bench:latest` | Docker schema2 | pull benchmark: busybox layer 1 + 5 gzip layers of 6 MiB deterministic xorshift data each (6 bits of entropy a byte: gzip has to decode real Huffman codes, ~25 MB on the wire) |
+//! | `berth-test/pause:latest` | Docker schema2 | a sandbox ("pause") image for runtimes that run one (containerd in `hack/bench.sh`): busybox layer 1, `Cmd=["sleep","2147483647"]`, `User="65535:65535"` as upstream pause; SIGKILL ends it, as containerd stops sandboxes |
 //!
 //! Why the host entry of the busybox list is an OCI manifest: zstd has no Docker media type
 //! (`application/vnd.docker.image.rootfs.diff.tar.zstd` does not exist), and BuildKit, the
@@ -78,6 +79,7 @@ pub const ESCAPE_SYMLINK: &str = "berth-test/escape-symlink:latest";
 pub const TRUNCATED: &str = "berth-test/truncated:latest";
 pub const BADBLOB: &str = "berth-test/badblob:latest";
 pub const BENCH: &str = "berth-test/bench:latest";
+pub const PAUSE: &str = "berth-test/pause:latest";
 
 /// The host file that `escape-symlink` tries to create through `evil -> /`.
 pub const ESCAPE_SYMLINK_HOST_FILE: &str = "/tmp/berth-escaped-symlink";
@@ -938,6 +940,19 @@ pub fn build_from(busybox: &[u8]) -> Vec<BuiltImage> {
     }
     let img = platform_image(true, host, hv, &ls, "", sh, "bench");
     out.push(assemble(BENCH, None, &img, &[], true));
+
+    // pause: a sandbox image that sleeps until killed
+    let sleep: &[&str] = &["sleep", "2147483647"];
+    let img = platform_image(
+        true,
+        host,
+        hv,
+        &[(&base, b1)],
+        "65535:65535",
+        sleep,
+        "pause",
+    );
+    out.push(assemble(PAUSE, None, &img, &[], true));
 
     out
 }

@@ -11,8 +11,7 @@
 #      services are never enabled or started: a policy-rc.d refuses them during the install);
 #   2. builds the release binaries (cargo build --release --locked --bins);
 #   3. starts a docker-registry on a free 127.0.0.1 port in a temporary directory and pushes
-#      berth's test images (berth-testimg) and, for containerd, the conformance kit's images
-#      (its pause image is containerd's sandbox image);
+#      berth's test images (berth-testimg; berth-test/pause is containerd's sandbox image);
 #   4. writes a CNI conflist there: a bridge of its own (name and a 10.198.X.0/20 subnet
 #      not in use: 4094 addresses, room for both runtimes' --max-pods at once), host-local
 #      IPAM with its data in the temporary directory, portmap; checks the host limits that
@@ -21,8 +20,8 @@
 #   5. starts target/release/berthd with root, state and socket in the temporary directory,
 #      docker.io mirrored to the registry;
 #   6. with containerd: starts `containerd --config` with its own root, state, sockets and
-#      runc root there, the CRI plugin on the same CNI config, docker.io and registry.k8s.io
-#      mirrored to the registry through a hosts.toml directory;
+#      runc root there, the CRI plugin on the same CNI config, docker.io mirrored to the
+#      registry through a hosts.toml directory;
 #   7. runs target/release/berth-bench [--vs containerd] and prints its table; the JSON
 #      goes to --json (default target/bench/bench-DATE.json);
 #   8. cleans up on exit, failure or Ctrl-C: pods left behind, daemons and their shims,
@@ -316,20 +315,6 @@ echo "registry at $ADDR (pid $REGISTRY_PID)"
 "$BIN/berth-testimg" push "$ADDR" >"$TMP/push.log" 2>&1 ||
   { tail -n 20 "$TMP/push.log" >&2; die "berth-testimg push failed"; }
 echo "pushed berth's test images"
-CONFORMANCE_IMAGES=${CONFORMANCE_IMAGES:-$REPO/../shared/conformance/images}
-if [ "$VS_CONTAINERD" = 1 ]; then
-  # containerd needs a sandbox (pause) image that runs until killed; berth's test images
-  # have none: the conformance kit's registry.k8s.io/pause:3.10 stand-in (pushed as
-  # pause:3.10, registry.k8s.io is mirrored to the registry below).
-  if [ -f "$CONFORMANCE_IMAGES/build_images.py" ]; then
-    python3 "$CONFORMANCE_IMAGES/build_images.py" push "$ADDR" >"$TMP/push-conformance.log" 2>&1 ||
-      { tail -n 20 "$TMP/push-conformance.log" >&2; die "pushing the conformance images failed"; }
-    echo "pushed the conformance images (pause:3.10 for containerd)"
-  else
-    warn "no $CONFORMANCE_IMAGES/build_images.py (set CONFORMANCE_IMAGES): containerd has no pause image; measuring berth alone"
-    VS_CONTAINERD=0
-  fi
-fi
 
 log "4. CNI network"
 # A /20 (4094 pod addresses: both runtimes may hold --max-pods pods at once) that no
@@ -441,15 +426,9 @@ echo "berthd pid $BERTHD_PID"
 if [ "$VS_CONTAINERD" = 1 ]; then
   log "6. containerd"
   C="$TMP/containerd"
-  mkdir -p "$C/certs.d/docker.io" "$C/certs.d/registry.k8s.io" "$TMP/runc"
+  mkdir -p "$C/certs.d/docker.io" "$TMP/runc"
   cat >"$C/certs.d/docker.io/hosts.toml" <<EOF
 server = "https://registry-1.docker.io"
-
-[host."http://$ADDR"]
-  capabilities = ["pull", "resolve"]
-EOF
-  cat >"$C/certs.d/registry.k8s.io/hosts.toml" <<EOF
-server = "https://registry.k8s.io"
 
 [host."http://$ADDR"]
   capabilities = ["pull", "resolve"]
@@ -485,7 +464,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   path = "$C/opt"
 
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.k8s.io/pause:3.10"
+  sandbox_image = "docker.io/berth-test/pause:latest"
   restrict_oom_score_adj = $RESTRICT_OOM
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
