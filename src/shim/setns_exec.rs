@@ -6,8 +6,8 @@
 //! container's mounts). What an exec needs of its container is read once into a
 //! [`Target`]; each exec then goes, in runc's order:
 //!
-//! 1. a fork of the shim (still the host's root, no longer dumpable) sets the container's
-//!    rlimits and `oom_score_adj`, is put into the container's cgroups by the shim, joins
+//! 1. a fork of the shim (still the host's root, no longer dumpable) moves itself into
+//!    the container's cgroups, sets the container's rlimits and `oom_score_adj`, joins
 //!    the container's user namespace first (if it has one), then its other namespaces;
 //! 2. it clones the process proper with `CLONE_PARENT` (so the shim is its parent and
 //!    reaps it; in the container's PID namespace), reports its pid and exits;
@@ -55,8 +55,8 @@ pub struct Target {
     /// The container's init, whose namespaces and cgroups an exec joins.
     pub init: Pid,
     namespaces: Vec<(&'static str, CloneFlags)>,
-    /// `cgroup.procs` of the init's cgroups.
-    cgroups: Vec<PathBuf>,
+    /// The init's cgroups.
+    cgroups: Vec<Cgroup>,
     /// The init's `/proc/PID/uid_map` when the container has a user namespace.
     uid_map: Option<String>,
 }
@@ -74,7 +74,7 @@ impl Target {
             None
         };
         Ok(Target {
-            cgroups: cgroup_procs(init).map_err(|e| format!("cgroups: {e}"))?,
+            cgroups: cgroups(init).map_err(|e| format!("cgroups: {e}"))?,
             spec,
             init,
             namespaces,
@@ -132,8 +132,18 @@ fn namespaces(spec: &Spec) -> Vec<(&'static str, CloneFlags)> {
     .collect()
 }
 
-/// `cgroup.procs` files of `pid`'s cgroups (cgroup v1 hierarchies and the v2 one).
-fn cgroup_procs(pid: Pid) -> Result<Vec<PathBuf>, String> {
+/// A cgroup an exec joins.
+struct Cgroup {
+    /// Its line of `/proc/PID/cgroup` (`ID:CONTROLLERS:PATH`).
+    line: String,
+    /// The file a process writes `0` to to move itself in: `tasks` in a v1 hierarchy, which
+    /// moves the calling thread without the global lock (and the RCU grace period, 5-10
+    /// ms here) that a write to `cgroup.procs` takes; `cgroup.procs` in the v2 one.
+    file: PathBuf,
+}
+
+/// The cgroups `pid` is in (cgroup v1 hierarchies and the v2 one).
+fn cgroups(pid: Pid) -> Result<Vec<Cgroup>, String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map_err(|e| format!("read /proc/{pid}/cgroup: {e}"))?;
     let mut out = Vec::new();
@@ -143,25 +153,39 @@ fn cgroup_procs(pid: Pid) -> Result<Vec<PathBuf>, String> {
         let (Some(controllers), Some(path)) = (controllers, path) else {
             continue;
         };
-        let mount = if controllers.is_empty() {
+        let (mount, file) = if controllers.is_empty() {
             let unified = PathBuf::from("/sys/fs/cgroup/unified");
-            if unified.is_dir() {
+            let mount = if unified.is_dir() {
                 unified
             } else {
                 PathBuf::from("/sys/fs/cgroup")
-            }
+            };
+            (mount, "cgroup.procs")
         } else {
             let name = controllers.strip_prefix("name=").unwrap_or(controllers);
-            PathBuf::from("/sys/fs/cgroup").join(name)
+            (PathBuf::from("/sys/fs/cgroup").join(name), "tasks")
         };
-        let file = mount
-            .join(path.trim_start_matches('/'))
-            .join("cgroup.procs");
-        if file.exists() {
-            out.push(file);
+        let dir = mount.join(path.trim_start_matches('/'));
+        if dir.join("cgroup.procs").exists() {
+            out.push(Cgroup {
+                line: line.to_string(),
+                file: dir.join(file),
+            });
         }
     }
     Ok(out)
+}
+
+/// The files an exec's fork writes to join `target`'s cgroups: those of the cgroups the
+/// shim (and so the fork) is not already in.
+fn cgroups_to_join(target: &Target) -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    target
+        .cgroups
+        .iter()
+        .filter(|c| !own.lines().any(|l| l == c.line))
+        .map(|c| c.file.clone())
+        .collect()
 }
 
 /// Starts `process` (the container's process settings with the exec's args) in the
@@ -181,18 +205,18 @@ pub fn spawn(target: &Target, process: &Process, stdio: Stdio, tty: bool) -> Res
         .linux()
         .as_ref()
         .and_then(|l| l.seccomp().as_ref());
-    // go: the shim has put the fork into the cgroups. report: the process's pid.
-    // errors: what failed before execve (close-on-exec: EOF means it ran).
-    let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| internal("pipe", &e))?;
+    let cgroups = cgroups_to_join(target);
+    // report: the process's pid. errors: what failed before execve (close-on-exec: EOF
+    // means it ran).
     let (rep_r, rep_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| internal("pipe", &e))?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| internal("pipe", &e))?;
 
     match init::fork().map_err(|e| internal("fork", &e))? {
         ForkResult::Child => {
-            drop((go_w, rep_r, err_r));
+            drop((rep_r, err_r));
             let code = match joiner(
-                (go_r, rep_w),
-                &err_w,
+                (rep_w, &err_w),
+                &cgroups,
                 ns_files,
                 seccomp,
                 process,
@@ -208,19 +232,8 @@ pub fn spawn(target: &Target, process: &Process, stdio: Stdio, tty: bool) -> Res
             init::exit_now(code)
         }
         ForkResult::Parent { child } => {
-            drop((go_r, rep_w, err_w, stdio));
+            drop((rep_w, err_w, stdio));
             drop(ns_files);
-            let joined = target.cgroups.iter().try_for_each(|f| {
-                std::fs::write(f, child.as_raw().to_string())
-                    .map_err(|e| internal(&format!("join {}", f.display()), &e))
-            });
-            if let Err(e) = joined {
-                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-                let _ = waitpid(child, None);
-                return Err(e);
-            }
-            let _ = nix::unistd::write(&go_w, b"g");
-            drop(go_w);
             let mut pid_bytes = [0u8; 4];
             let reported = std::fs::File::from(rep_r).read_exact(&mut pid_bytes);
             let _ = waitpid(child, None);
@@ -244,10 +257,10 @@ fn report(err_w: &OwnedFd, msg: &str) {
     let _ = nix::unistd::write(err_w, msg.as_bytes());
 }
 
-/// The fork: cgroups (done by the shim), namespaces, then the process.
+/// The fork: cgroups, namespaces, then the process.
 fn joiner(
-    (go_r, rep_w): (OwnedFd, OwnedFd),
-    err_w: &OwnedFd,
+    (rep_w, err_w): (OwnedFd, &OwnedFd),
+    cgroups: &[PathBuf],
     ns_files: Vec<(std::fs::File, CloneFlags)>,
     seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
     process: &Process,
@@ -257,9 +270,8 @@ fn joiner(
     // Nothing in the container may ptrace this copy of the shim (its memory, its fds) once
     // it is in the container's PID namespace; execve makes the program dumpable again.
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("dumpable: {e}"))?;
-    let mut b = [0u8; 1];
-    if !matches!(nix::unistd::read(go_r.as_raw_fd(), &mut b), Ok(1)) {
-        return Err("the shim did not put the exec into the container's cgroups".into());
+    for f in cgroups {
+        std::fs::write(f, "0").map_err(|e| format!("join {}: {e}", f.display()))?;
     }
     // While still the host's root (raising a hard limit needs CAP_SYS_RESOURCE there); the
     // process inherits them.
