@@ -383,6 +383,7 @@ fn prepare(process: &Process, stdio: Stdio) -> Result<(), String> {
     if chdir_later {
         nix::unistd::chdir(cwd).map_err(|e| format!("chdir {cwd:?}: {e}"))?;
     }
+    verify_cwd()?;
 
     // The process's environment replaces the shim's (execvp then searches its PATH).
     let vars: Vec<std::ffi::OsString> = std::env::vars_os().map(|(k, _)| k).collect();
@@ -425,6 +426,20 @@ fn prepare(process: &Process, stdio: Stdio) -> Result<(), String> {
         CString::new(a.as_bytes()).map_err(|_| format!("argument {a:?} contains NUL"))?;
     }
     Ok(())
+}
+
+/// Refuses a working directory outside the container's root, as libcontainer's
+/// `verify_cwd` and runc do (CVE-2024-21626): until `execve` this process still holds the
+/// shim's descriptors (close-on-exec only), so a cwd such as `/proc/self/fd/N` (from the
+/// image's WORKDIR or the spec) would put the program in a host directory. The kernel
+/// reports such a directory as unreachable; glibc's `getcwd` then fails with ENOENT.
+fn verify_cwd() -> Result<(), String> {
+    const ESCAPE: &str = "the working directory is outside the container's root";
+    match nix::unistd::getcwd() {
+        Ok(p) if p.is_absolute() => Ok(()),
+        Ok(p) => Err(format!("{ESCAPE} ({p:?})")),
+        Err(e) => Err(format!("{ESCAPE} (getcwd: {e})")),
+    }
 }
 
 /// The home directory of `uid` in an `/etc/passwd` (`name:pw:uid:gid:gecos:dir:shell`).
@@ -516,6 +531,66 @@ mod tests {
         assert_eq!(passwd_home(passwd, 0).as_deref(), Some("/root"));
         assert_eq!(passwd_home(passwd, 1000).as_deref(), Some("/home/u"));
         assert_eq!(passwd_home(passwd, 42), None);
+    }
+
+    /// A working directory reached through a descriptor that leads out of the root (what
+    /// `chdir("/proc/self/fd/N")` does with a leaked directory fd) is refused; one inside is
+    /// not. Root only: the child makes a mount namespace with /proc inside a chroot.
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_working_directory_outside_the_root_is_refused() {
+        if !Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("berth-cwd-{}", std::process::id()));
+        let root = base.join("root");
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        std::fs::create_dir_all(root.join("inside")).unwrap();
+        let outside = std::fs::File::open(&base).unwrap();
+        let leaked = format!("/proc/self/fd/{}", outside.as_raw_fd());
+        // SAFETY: the child only makes system calls and allocates (glibc's malloc is
+        // fork-safe), then leaves with _exit.
+        let code = match unsafe { nix::unistd::fork() }.unwrap() {
+            ForkResult::Child => {
+                let ok = (|| -> Result<bool, String> {
+                    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| e.to_string())?;
+                    nix::mount::mount(
+                        None::<&str>,
+                        "/",
+                        None::<&str>,
+                        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+                        None::<&str>,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    nix::mount::mount(
+                        Some("proc"),
+                        &root.join("proc"),
+                        Some("proc"),
+                        nix::mount::MsFlags::empty(),
+                        None::<&str>,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    nix::unistd::chroot(&root).map_err(|e| e.to_string())?;
+                    nix::unistd::chdir("/inside").map_err(|e| e.to_string())?;
+                    let inside_ok = verify_cwd().is_ok();
+                    nix::unistd::chdir(leaked.as_str()).map_err(|e| e.to_string())?;
+                    let outside_refused = verify_cwd().is_err();
+                    Ok(inside_ok && outside_refused)
+                })();
+                init::exit_now(match ok {
+                    Ok(true) => 0,
+                    Ok(false) => 1,
+                    Err(_) => 2,
+                })
+            }
+            ForkResult::Parent { child } => waitpid(child, None).unwrap(),
+        };
+        let _ = std::fs::remove_dir_all(&base);
+        assert_eq!(
+            code,
+            nix::sys::wait::WaitStatus::Exited(code.pid().unwrap(), 0)
+        );
     }
 
     #[test]
