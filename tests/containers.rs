@@ -718,6 +718,62 @@ async fn exec_sync_timeout_kills_the_command() {
     env.assert_nothing_left().await;
 }
 
+/// An exec takes HOME from the container's `/etc/passwd`, which the container may have
+/// replaced with anything: a FIFO there must not hang the exec (or its pod's shim, which
+/// waits for the exec to start).
+#[tokio::test]
+async fn exec_home_comes_from_the_containers_passwd_and_a_fifo_there_hangs_nothing() {
+    let env = Env::new("exhome").await;
+    let pc = env.pod_config("exhome");
+    let pod = env.run_pod(&pc).await;
+    let mut cfg = env.config("c", &["sleep", "1000"]);
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .run_as_username = "www-data".into();
+    let id = env.run(&pod, &pc, cfg).await;
+
+    let r = env
+        .exec(&id, &["sh", "-c", "id -u; echo \"[$HOME]\""], 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "33\n[/var/www]\n",
+        "{r:?}"
+    );
+
+    // The container's root may write its own /etc/passwd; make it a FIFO.
+    let root = env
+        .run(&pod, &pc, env.config("r", &["sleep", "1000"]))
+        .await;
+    let r = env
+        .exec(
+            &root,
+            &["sh", "-c", "rm /etc/passwd && mkfifo /etc/passwd"],
+            5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    // Within the exec's timeout (5 s), or ExecSync fails with DeadlineExceeded.
+    let r = env
+        .exec(&root, &["sh", "-c", "echo \"[$HOME]\""], 5)
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "[]\n", "{r:?}");
+    // The shim still answers for both containers.
+    assert_eq!(
+        env.status(&id).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    env.remove(&id).await;
+    env.remove(&root).await;
+    env.remove_pod(&pod).await;
+    env.assert_nothing_left().await;
+}
+
 // 4 ---------------------------------------------------------------------------------------
 
 #[tokio::test]

@@ -385,8 +385,21 @@ impl ContainerService {
         let devices = super::devices::resolve(&rec.config.devices).map_err(spec_err)?;
         let cdi = super::cdi::resolve(&self.inner.cdi_spec_dirs, &rec.config.cdi_devices)
             .map_err(|e| spec_err(e.into()))?;
-        let passwd = std::fs::read_to_string(rootfs_dir.join("etc/passwd")).ok();
-        let group = std::fs::read_to_string(rootfs_dir.join("etc/group")).ok();
+        let (passwd, group) = {
+            let root = rootfs_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let read = |rel: &str| {
+                    rootfs::read_file_in_root(&root, rel, rootfs::ACCOUNT_FILE_MAX)
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(file = rel, error = %e, "the image's account file is ignored");
+                            None
+                        })
+                };
+                (read("etc/passwd"), read("etc/group"))
+            })
+            .await
+            .map_err(|e| internal(&id, "read /etc/passwd", e))?
+        };
         let seccomp_localhost = match &rec.config.security.seccomp {
             super::config::SeccompProfile::Localhost(p) => {
                 Some(std::fs::read_to_string(p).map_err(|e| {

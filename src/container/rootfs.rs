@@ -226,6 +226,47 @@ pub fn unmount_rootfs(target: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The most of a container's account file (`/etc/passwd`, `/etc/group`) that is read.
+pub const ACCOUNT_FILE_MAX: u64 = 8 << 20;
+
+/// Reads `rel` (`etc/passwd`, say) of the container root `root` as the image or the
+/// container left it, which may be hostile: symlinks resolve inside `root` (an absolute
+/// link does not reach the host's file) and never through `/proc` magic links, and only a
+/// regular file of at most `max` bytes is read (a FIFO would block the reader for ever, a
+/// link to `/dev/zero` would fill its memory). `Ok(None)` when there is no such file.
+#[allow(unsafe_code)]
+pub fn read_file_in_root(root: &Path, rel: &str, max: u64) -> std::io::Result<Option<String>> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    use std::io::Read;
+    let dir = std::fs::File::open(root)?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = match openat2(dir.as_raw_fd(), rel, how) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    // SAFETY: `openat2` just returned this fd; nothing else owns it.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{rel} is not a regular file"),
+        ));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{rel} is {} bytes, over {max}", meta.len()),
+        ));
+    }
+    let mut text = String::new();
+    file.take(max).read_to_string(&mut text)?;
+    Ok(Some(text))
+}
+
 /// Disk usage of the writable layer (bytes, inodes).
 pub fn usage(l: &Layer) -> (u64, u64) {
     crate::stats::disk_usage(&l.upper)
@@ -234,6 +275,47 @@ pub fn usage(l: &Layer) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_in_a_root_stay_in_it_and_must_be_small_regular_files() {
+        let root = std::env::temp_dir().join(format!("berth-rootfs-read-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let outside = root.with_extension("outside");
+        std::fs::write(&outside, "host secret\n").unwrap();
+        let read = |rel: &str| read_file_in_root(&root, rel, 64);
+
+        assert_eq!(read("etc/passwd").unwrap(), None);
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        assert_eq!(
+            read("etc/passwd").unwrap().as_deref(),
+            Some("root:x:0:0::/root:/bin/sh\n")
+        );
+        // An absolute link and a `..` walk resolve inside the root, not to the host file.
+        std::os::unix::fs::symlink(&outside, root.join("etc/abs")).unwrap();
+        assert_eq!(read("etc/abs").unwrap(), None);
+        let up = format!("../../../../../../../..{}", outside.display());
+        std::os::unix::fs::symlink(&up, root.join("etc/up")).unwrap();
+        assert_eq!(read("etc/up").unwrap(), None);
+        // A FIFO would block a plain read for ever; a device or an oversized file is refused.
+        nix::unistd::mkfifo(
+            &root.join("etc/group"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        assert!(read("etc/group").is_err());
+        std::os::unix::fs::symlink("/dev/zero", root.join("etc/zero")).unwrap();
+        assert_eq!(
+            read("etc/zero").unwrap(),
+            None,
+            "/dev/zero inside the root does not exist"
+        );
+        std::fs::write(root.join("etc/big"), vec![b'x'; 65]).unwrap();
+        assert!(read("etc/big").is_err());
+
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::remove_file(&outside).unwrap();
+    }
 
     #[test]
     fn options_list_lowers_top_first() {

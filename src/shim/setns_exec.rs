@@ -400,9 +400,14 @@ fn prepare(process: &Process, stdio: Stdio) -> Result<(), String> {
         }
     }
     if std::env::var_os("HOME").is_none_or(|h| h.is_empty())
-        && let Some(home) = std::fs::read_to_string("/etc/passwd")
-            .ok()
-            .and_then(|p| passwd_home(&p, user.uid()))
+        && let Some(home) = crate::container::rootfs::read_file_in_root(
+            Path::new("/"),
+            "etc/passwd",
+            crate::container::rootfs::ACCOUNT_FILE_MAX,
+        )
+        .ok()
+        .flatten()
+        .and_then(|p| passwd_home(&p, user.uid()))
     {
         // SAFETY: this forked process has a single thread.
         unsafe { std::env::set_var("HOME", home) };
