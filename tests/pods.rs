@@ -516,3 +516,45 @@ async fn bad_input_is_refused_and_leaks_nothing() {
     assert!(list(&d, None).await.is_empty());
     assert_nothing_left(&d, &net, &veths);
 }
+
+/// kubelet and crictl give up on RPCs at their deadlines. A StopPodSandbox abandoned while
+/// the bridge plugin's DEL ran must still finish it: a DEL cut after the veth was deleted
+/// left the pod's masquerade chain behind for good (a repeated DEL finds no link and skips
+/// the iptables teardown).
+#[tokio::test]
+async fn an_abandoned_stop_still_tears_the_network_down() {
+    let net = TestNetwork::new();
+    // The bridge with ipMasq, as config/10-berth-bridge.conflist has it.
+    let conf = net.conf_dir().join("10-test.conflist");
+    let mut list: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&conf).unwrap()).unwrap();
+    list["plugins"][0]["ipMasq"] = true.into();
+    std::fs::write(&conf, list.to_string()).unwrap();
+    let d = Berthd::start(&net.toml());
+
+    for delay_ms in [5u64, 20, 40] {
+        let id = run(&d, pod_config(&format!("cut-{delay_ms}")))
+            .await
+            .unwrap();
+        let ip = status(&d, &id).await.unwrap().network.unwrap().ip;
+        assert!(
+            !nat_rules_mentioning(&id).is_empty(),
+            "masquerade chain for {id}"
+        );
+        let mut req = tonic::Request::new(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        });
+        req.set_timeout(std::time::Duration::from_millis(delay_ms));
+        let _ = d.runtime().await.stop_pod_sandbox(req).await;
+        // kubelet retries; then the pod is gone and so is all of its network.
+        stop(&d, &id).await;
+        remove(&d, &id).await;
+        assert!(
+            nat_rules_mentioning(&id).is_empty(),
+            "left after a stop abandoned at {delay_ms} ms: {:?}",
+            nat_rules_mentioning(&id)
+        );
+        assert!(nat_rules_mentioning(&format!("{ip}/")).is_empty());
+        assert!(net.leases().is_empty(), "{:?}", net.leases());
+    }
+}

@@ -50,6 +50,19 @@ fn internal(id: &str, what: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Runs a pod's run, stop or remove to its end even when the RPC awaiting it is abandoned
+/// (the client's deadline, a cancelled stream): cut midway, a CNI ADD or DEL cannot be
+/// finished by a retry (a repeated bridge DEL finds no veth and skips the masquerade
+/// teardown, whose rules then stay for good).
+async fn to_completion<T: Send + 'static>(
+    id: &str,
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| internal(id, "pod operation", e))?
+}
+
 struct Inner {
     db: Arc<Db>,
     pods_dir: PathBuf,
@@ -258,6 +271,11 @@ impl SandboxService {
     }
 
     pub async fn run(&self, spec: PodSpec) -> Result<PodRecord> {
+        let this = self.clone();
+        to_completion("", async move { this.run_to_end(spec).await }).await
+    }
+
+    async fn run_to_end(&self, spec: PodSpec) -> Result<PodRecord> {
         let m = &spec.metadata;
         if m.name.is_empty() || m.namespace.is_empty() || m.uid.is_empty() {
             return Err(Error::InvalidArgument(
@@ -437,6 +455,11 @@ impl SandboxService {
 
     /// Stops the pod: its processes, network and namespaces. Idempotent.
     pub async fn stop(&self, id: &str) -> Result<()> {
+        let (this, owned) = (self.clone(), id.to_string());
+        to_completion(id, async move { this.stop_to_end(&owned).await }).await
+    }
+
+    async fn stop_to_end(&self, id: &str) -> Result<()> {
         let id = match self.resolve(id) {
             Ok(id) => id,
             Err(Error::NotFound(_)) => return Ok(()),
@@ -470,12 +493,17 @@ impl SandboxService {
 
     /// Removes a pod, stopping it first if needed. Idempotent.
     pub async fn remove(&self, id: &str) -> Result<()> {
+        let (this, owned) = (self.clone(), id.to_string());
+        to_completion(id, async move { this.remove_to_end(&owned).await }).await
+    }
+
+    async fn remove_to_end(&self, id: &str) -> Result<()> {
         let id = match self.resolve(id) {
             Ok(id) => id,
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.stop(&id).await?;
+        self.stop_to_end(&id).await?;
         let lock = self.lock(&id);
         let _g = lock.lock().await;
         let Some(pod) = self.inner.db.pod(&id)? else {
