@@ -774,6 +774,52 @@ async fn exec_home_comes_from_the_containers_passwd_and_a_fifo_there_hangs_nothi
     env.assert_nothing_left().await;
 }
 
+/// CreateContainer, StartContainer and StopContainer abandoned at their deadlines (kubelet
+/// and crictl give up on slow RPCs) leave nothing that removing the pod does not remove.
+#[tokio::test]
+async fn abandoned_container_rpcs_leave_nothing_behind() {
+    let env = Env::new("cut").await;
+    let pc = env.pod_config("cut");
+    let pod = env.run_pod(&pc).await;
+    let mut cut = 0;
+    for (n, delay_ms) in [1u64, 3, 6, 10, 20].into_iter().enumerate() {
+        let timeout = Duration::from_millis(delay_ms);
+        let mut req = tonic::Request::new(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(env.config(&format!("c{n}"), &["sleep", "1000"])),
+            sandbox_config: Some(pc.clone()),
+        });
+        req.set_timeout(timeout);
+        let id = match env.d.runtime().await.create_container(req).await {
+            Ok(id) => id,
+            Err(e) => {
+                // tonic's own timer (Cancelled) or berthd's answer to the deadline.
+                assert!(
+                    matches!(e.code(), Code::Cancelled | Code::DeadlineExceeded),
+                    "{e:?}"
+                );
+                cut += 1;
+                continue;
+            }
+        };
+        let id = id.into_inner().container_id;
+        let mut req = tonic::Request::new(cri::StartContainerRequest {
+            container_id: id.clone(),
+        });
+        req.set_timeout(timeout);
+        let _ = env.d.runtime().await.start_container(req).await;
+        let mut req = tonic::Request::new(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        });
+        req.set_timeout(timeout);
+        let _ = env.d.runtime().await.stop_container(req).await;
+    }
+    assert!(cut > 0, "no CreateContainer was cut by its deadline");
+    env.remove_pod(&pod).await;
+    env.assert_nothing_left().await;
+}
+
 // 4 ---------------------------------------------------------------------------------------
 
 #[tokio::test]
