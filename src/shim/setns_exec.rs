@@ -142,10 +142,44 @@ struct Cgroup {
     file: PathBuf,
 }
 
-/// The cgroups `pid` is in (cgroup v1 hierarchies and the v2 one).
+/// The cgroups `pid` is in (each v1 hierarchy, found where it is mounted, and the v2 one).
+/// One that cannot be found is an error: the exec would escape that hierarchy's limits.
 fn cgroups(pid: Pid) -> Result<Vec<Cgroup>, String> {
+    use crate::sandbox::cgroup::Hierarchy;
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map_err(|e| format!("read /proc/{pid}/cgroup: {e}"))?;
+    let (v1, v2) = match Hierarchy::detect() {
+        Hierarchy::V2(root) => (Vec::new(), Some(root)),
+        Hierarchy::V1(mounts) => {
+            let unified = PathBuf::from("/sys/fs/cgroup/unified");
+            (
+                mounts,
+                unified.join("cgroup.procs").exists().then_some(unified),
+            )
+        }
+    };
+    let mut out = Vec::new();
+    for (line, dir, file) in join_plan(&text, &v1, v2.as_deref())? {
+        if !dir.join("cgroup.procs").exists() {
+            return Err(format!("the container's cgroup {} is gone", dir.display()));
+        }
+        out.push(Cgroup {
+            file: dir.join(file),
+            line,
+        });
+    }
+    Ok(out)
+}
+
+/// For each line of `/proc/PID/cgroup` (`ID:CONTROLLERS:PATH`): the line, the cgroup's
+/// directory and the file to write to join it. `v1` is each mounted v1 hierarchy's options
+/// (its controllers among them) and mount point; `v2` the v2 mount, if any (without one, the
+/// `0::` line names nothing to join).
+fn join_plan(
+    text: &str,
+    v1: &[(Vec<String>, PathBuf)],
+    v2: Option<&Path>,
+) -> Result<Vec<(String, PathBuf, &'static str)>, String> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
@@ -153,25 +187,19 @@ fn cgroups(pid: Pid) -> Result<Vec<Cgroup>, String> {
         let (Some(controllers), Some(path)) = (controllers, path) else {
             continue;
         };
-        let (mount, file) = if controllers.is_empty() {
-            let unified = PathBuf::from("/sys/fs/cgroup/unified");
-            let mount = if unified.is_dir() {
-                unified
-            } else {
-                PathBuf::from("/sys/fs/cgroup")
-            };
-            (mount, "cgroup.procs")
-        } else {
-            let name = controllers.strip_prefix("name=").unwrap_or(controllers);
-            (PathBuf::from("/sys/fs/cgroup").join(name), "tasks")
-        };
-        let dir = mount.join(path.trim_start_matches('/'));
-        if dir.join("cgroup.procs").exists() {
-            out.push(Cgroup {
-                line: line.to_string(),
-                file: dir.join(file),
-            });
+        let path = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            if let Some(v2) = v2 {
+                out.push((line.to_string(), v2.join(path), "cgroup.procs"));
+            }
+            continue;
         }
+        let wanted: Vec<&str> = controllers.split(',').collect();
+        let (_, mount) = v1
+            .iter()
+            .find(|(opts, _)| wanted.iter().all(|w| opts.iter().any(|o| o == w)))
+            .ok_or_else(|| format!("the cgroup v1 hierarchy {controllers:?} is not mounted"))?;
+        out.push((line.to_string(), mount.join(path), "tasks"));
     }
     Ok(out)
 }
@@ -504,6 +532,41 @@ fn set_capabilities(process: &Process) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroups_are_joined_where_their_hierarchies_are_mounted() {
+        let v1 = vec![
+            (
+                vec!["cpu".into(), "cpuacct".into()],
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"),
+            ),
+            (vec!["memory".into()], PathBuf::from("/cg/mem")),
+            (
+                vec!["xattr".into(), "name=systemd".into()],
+                PathBuf::from("/sys/fs/cgroup/systemd"),
+            ),
+        ];
+        let text = "4:memory:/pod/c\n3:cpu,cpuacct:/pod/c\n1:name=systemd:/user.slice\n0::/\n";
+        let plan = join_plan(text, &v1, None).unwrap();
+        let dirs: Vec<_> = plan
+            .iter()
+            .map(|(_, d, f)| (d.display().to_string(), *f))
+            .collect();
+        assert_eq!(
+            dirs,
+            [
+                ("/cg/mem/pod/c".to_string(), "tasks"),
+                ("/sys/fs/cgroup/cpu,cpuacct/pod/c".to_string(), "tasks"),
+                ("/sys/fs/cgroup/systemd/user.slice".to_string(), "tasks"),
+            ]
+        );
+        let with_v2 = join_plan(text, &v1, Some(Path::new("/u"))).unwrap();
+        assert_eq!(with_v2.last().unwrap().1, PathBuf::from("/u/"));
+        assert_eq!(with_v2.last().unwrap().2, "cgroup.procs");
+        // A hierarchy the exec cannot find is an error, not a limit silently escaped.
+        let err = join_plan("5:pids:/pod/c\n", &v1, None).unwrap_err();
+        assert!(err.contains("\"pids\""), "{err}");
+    }
     use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, SpecBuilder};
 
     fn spec(types: &[LinuxNamespaceType]) -> Spec {
