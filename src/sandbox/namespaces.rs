@@ -201,11 +201,16 @@ pub fn link(state_dir: &Path, kind: Namespace, owner: u32) -> Result<(), Error> 
     };
     std::fs::create_dir_all(ns_dir(state_dir)).map_err(err)?;
     // Made aside and renamed over: a stale link of a previous owner is replaced at once.
-    let tmp = ns_dir(state_dir).join(format!(".{}.tmp", kind.name()));
+    let tmp = link_aside(state_dir, kind);
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(&target, &tmp)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(err)
+}
+
+/// Where [`link`] makes a link before renaming it into place.
+fn link_aside(state_dir: &Path, kind: Namespace) -> PathBuf {
+    ns_dir(state_dir).join(format!(".{}.tmp", kind.name()))
 }
 
 /// Removes `<state_dir>/ns/<kind>` if it is a link (a pin stays). Idempotent; the shim
@@ -278,7 +283,7 @@ pub fn unpin_all(state_dir: &Path) -> Result<(), Error> {
             first.get_or_insert(e);
         }
         // A link made aside by a shim killed before its rename.
-        let _ = std::fs::remove_file(ns_dir(state_dir).join(format!(".{}.tmp", kind.name())));
+        let _ = std::fs::remove_file(link_aside(state_dir, kind));
     }
     // Not empty (something else lives there) or absent: leave it.
     let _ = std::fs::remove_dir(ns_dir(state_dir));

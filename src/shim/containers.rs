@@ -878,9 +878,8 @@ impl Runtime {
         let lc_root = self.lc_root();
         self.exec_seq += 1;
         let seq = self.exec_seq;
-        self.exec_target(&req.container_id)?;
-        let stdio = interactive::exec_stdio(&req, fds)?;
         let target = self.exec_target(&req.container_id)?;
+        let stdio = interactive::exec_stdio(&req, fds)?;
         let pid = exec::start_process(
             target,
             &lc_root,

@@ -7,9 +7,9 @@
 //! with `args` replaced. It joins the container's namespaces and cgroups. The request
 //! stays pending while it runs; it is answered once the process has been reaped and its
 //! pipes reached EOF (or [`IO_GRACE`] after its exit, when a process it left behind holds
-//! them). When the
-//! timeout passes the process and its process group are killed with SIGKILL and the
-//! answer, once it is reaped, says `timed_out` with whatever output arrived.
+//! them). When the timeout passes the process and its process group are killed with
+//! SIGKILL and the answer, once it is reaped, says `timed_out` with whatever output
+//! arrived.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;

@@ -2,9 +2,9 @@
 //!
 //! berthd runs `berth-shim` with a length-delimited [`SandboxConfig`] on stdin. The process
 //! forks; the child detaches (own session, subreaper, stdio to `<state_dir>/shim.log`),
-//! makes the pod's namespaces and pins or links them (`sandbox::namespaces`), starts the pod
-//! init when the pod has its own PID namespace, listens on `<state_dir>/shim.sock` and writes `<state_dir>/shim.pid`, then
-//! reports ready through a pipe. The parent prints the child's pid and exits 0 (or prints
+//! makes the pod's namespaces and pins or links them (`sandbox::namespaces`), starts the
+//! pod init when the pod has its own PID namespace, listens on `<state_dir>/shim.sock` and
+//! writes `<state_dir>/shim.pid`, then reports ready through a pipe. The parent prints the child's pid and exits 0 (or prints
 //! the child's error and exits 1), so berthd knows the shim is serving once its own child
 //! has exited, and the shim is not berthd's child.
 //!
@@ -25,8 +25,8 @@
 //! (what the socket does not take waits for POLLOUT); a subscriber that leaves 1 MiB
 //! unread is dropped. Shutdown (request or signal) stops the containers (SIGTERM, then
 //! SIGKILL to their cgroups after the timeout), reaps them, deletes them with
-//! libcontainer, unpins and unlinks the namespaces, answers and exits. After container work the loop
-//! gives memory back once idle (`memory::trim`).
+//! libcontainer, unpins and unlinks the namespaces, answers and exits. After container
+//! work the loop gives memory back once idle (`memory::trim`).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
